@@ -1,0 +1,60 @@
+"""``instructmill backtranslate``: paraphrase records by round-trip translation."""
+from __future__ import annotations
+
+import click
+
+from ..engine.ctranslate2_backend import CTranslate2Options
+from ..engine.scheduler import BatchingOptions
+from ..methods.quality import QualityOptions
+from .common import io_options, print_summary, run_records, user_errors
+from .options import build_options, dataclass_options
+
+
+@click.command()
+@io_options
+@click.option("--model", default=None,
+              help="'embedded' (default: bundled en<->pt models), a converted CTranslate2 folder, or an HF "
+                   "folder / hub id of a multilingual model (NLLB, M2M100) used both ways.")
+@click.option("--forward-model", default=None, help="source->pivot model (e.g. opus-mt-en-de).")
+@click.option("--backward-model", default=None, help="pivot->source model (e.g. opus-mt-de-en).")
+@click.option("--source-lang", default="en", show_default=True, help="Language of the records.")
+@click.option("--pivot", "pivots", multiple=True, help="Pivot language (repeat for several). [default: pt]")
+@click.option("--field", "fields", multiple=True, type=click.Choice(["instruction", "input", "output"]),
+              help="Field to paraphrase (repeat for several). [default: instruction]")
+@click.option("--chunk-size", type=int, default=1024, show_default=True,
+              help="Records translated together (memory bound; bigger = fuller batches).")
+@click.option("--allow-unverified", is_flag=True, help="Use a converted model whose verification failed.")
+@dataclass_options(BatchingOptions)
+@dataclass_options(CTranslate2Options)
+@dataclass_options(QualityOptions, exclude=("short_source_chars", "short_min_length_ratio",
+                                            "short_max_length_ratio"))
+@user_errors
+def backtranslate(input_path, output, fmt, input_format, id_field, resume, overwrite, strict, limit,
+                  model, forward_model, backward_model, source_lang, pivots, fields, chunk_size,
+                  allow_unverified, **flags):
+    """Paraphrase INPUT's records by translating to a pivot language and back.
+
+    \b
+    Examples:
+      instructmill backtranslate seed_tasks.jsonl -o out/bt.jsonl
+      instructmill backtranslate data.jsonl -o out/bt.jsonl --field instruction --field output \\
+          --forward-model ct2/opus-mt-en-de --backward-model ct2/opus-mt-de-en --pivot de
+    """
+    from ..methods.backtranslation import BackTranslationOptions, BackTranslator
+
+    batching = build_options(BatchingOptions, flags)
+    ct2 = build_options(CTranslate2Options, flags)
+    quality = build_options(QualityOptions, flags)
+    options = build_options(BackTranslationOptions, {}, source_lang=source_lang,
+                            pivots=tuple(pivots) or ("pt",), fields=tuple(fields) or ("instruction",),
+                            chunk_size=chunk_size, quality=quality)
+    bt = BackTranslator(model=model, forward_model=forward_model, backward_model=backward_model,
+                        options=options, batching=batching, ct2_options=ct2, allow_unverified=allow_unverified)
+    summary = run_records(input_path=input_path, output=output, fmt=fmt, input_format=input_format,
+                          id_field=id_field, resume=resume, overwrite=overwrite, strict=strict, limit=limit,
+                          settings=bt.settings(), process=bt.process)
+    tokens = sum(b.stats.target_tokens for pair in bt.models.values() for b in pair)
+    segments = sum(b.stats.segments for pair in bt.models.values() for b in pair)
+    speed = tokens / bt.seconds if bt.seconds else 0.0
+    print_summary(summary, [f"translated: {segments} segments, {tokens} target tokens "
+                            f"in {bt.seconds:.1f} s ({speed:.0f} target tokens/s)"])

@@ -1,0 +1,118 @@
+"""What the record-processing commands share: input/output flags, the run loop, the summary."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import click
+
+from ..errors import InstructmillError
+from ..records import OutputRecord
+
+
+def io_options(func: Callable) -> Callable:
+    """INPUT argument and the output / resume flags of every record-processing command."""
+    decorators = [
+        click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, allow_dash=True)),
+        click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+                     help="Output JSONL (ok records). Beside it: .discards.jsonl, .errors.jsonl, .run.json."),
+        click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt", "openai"]), default="alpaca",
+                     show_default=True, help="Output record format."),
+        click.option("--input-format", type=click.Choice(["jsonl", "json", "csv", "tsv"]), default=None,
+                     help="Input format (default: from the file extension)."),
+        click.option("--id-field", default="id", show_default=True,
+                     help="Input field holding a record id (else line number + content hash)."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run: skip what is done."),
+        click.option("--overwrite", is_flag=True, help="Delete an earlier run's files and start over."),
+        click.option("--strict", is_flag=True, help="Stop at the first invalid input line or record."),
+        click.option("--limit", type=int, default=None, help="Process only the first N records."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def user_errors(func: Callable) -> Callable:
+    """Turn instructmill's user errors into one clear message (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InstructmillError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise click.ClickException(f"file not found: {exc.filename}") from exc
+
+    return wrapper
+
+
+def count_lines(path: str) -> int | None:
+    """Non-blank lines of a JSONL/CSV file (for the progress bar total); None for stdin / huge files."""
+    if path == "-" or not os.path.isfile(path) or os.path.getsize(path) > 512 * 1024 * 1024:
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def run_records(*, input_path: str, output: str, fmt: str, input_format: str | None, id_field: str,
+                resume: bool, overwrite: bool, strict: bool, limit: int | None, settings: dict[str, Any],
+                process: Callable[[Iterable], Iterator[OutputRecord]], unit: str = "rec") -> dict[str, Any]:
+    """Read -> skip done -> process -> write, with a progress bar; returns the run summary."""
+    import itertools
+
+    from tqdm import tqdm
+
+    from ..io.readers import read_records
+    from ..io.run import open_run
+
+    start = time.perf_counter()
+    with open_run(output, input_path=input_path, settings={**settings, "limit": limit}, resume=resume,
+                  overwrite=overwrite, fmt=fmt) as run:
+        records = read_records(input_path, format=input_format, id_field=id_field, strict=strict,
+                               on_error=run.error)
+        if limit is not None:
+            records = itertools.islice(records, limit)
+        total = None if limit is not None else count_lines(input_path)
+        bar = tqdm(total=total, unit=unit, desc="records", disable=None, file=sys.stderr,
+                   initial=0, dynamic_ncols=True)
+        pending = run.pending(_counting(records, bar))
+        for out in process(pending):
+            run.write([out])
+        bar.close()
+        summary = run.summary()
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["output"] = output
+    return summary
+
+
+def _counting(records: Iterable, bar) -> Iterator:
+    for record in records:
+        bar.update(1)
+        yield record
+
+
+def print_summary(summary: dict[str, Any], extra_lines: list[str] | None = None) -> None:
+    """The end-of-run summary on stderr: read, written, statuses, errors, speed."""
+    from ..io.resume import run_paths
+
+    paths = run_paths(summary["output"])
+    lines = [
+        f"records read: {summary['read']}"
+        + (f" (+{summary['skipped_done']} already done)" if summary.get("skipped_done") else ""),
+        f"written: {summary['written_ok']} ok -> {paths.output}",
+    ]
+    other = {k: v for k, v in summary["by_status"].items() if k != "ok"}
+    if other:
+        lines.append(f"discarded: {summary['written_other']} -> {paths.discards} ("
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())) + ")")
+    if summary.get("errors"):
+        lines.append(f"unreadable input lines: {summary['errors']} -> {paths.errors}")
+    if summary.get("repaired"):
+        lines.append("repaired torn lines: " + ", ".join(f"{k}: {v}" for k, v in summary["repaired"].items() if v))
+    lines.extend(extra_lines or [])
+    lines.append(f"time: {summary['seconds']:.1f} s")
+    click.echo("\n".join(lines), err=True)

@@ -1,0 +1,226 @@
+"""Length-aware batching under a token budget, in pure Python.
+
+The scheduler turns a stream of work items into engine batches. It imports no
+engine: it only sees ``(index, length, payload)`` items, so it is shared by the
+CTranslate2, Bergamot and (later) LLM backends and is property-tested on its own.
+
+What it guarantees (see ``tests/test_scheduler.py``):
+
+* every item pushed comes out in exactly one batch (nothing dropped or doubled);
+* a batch has at most ``max_batch_size`` items and its *padded* cost
+  (``len(batch) * max(length)``, the number of token slots an engine computes on
+  for a padded batch) is at most ``max_batch_tokens`` -- except a single item
+  longer than the budget, which travels alone rather than being dropped;
+* items are sorted by length only inside a bounded window of ``sort_window``
+  items, so memory stays bounded for inputs of any size;
+* input order is restored by index (:class:`OrderedResults`), never by text.
+
+Sorting by length before batching is what CTranslate2 itself does inside one
+``translate_batch`` call (``rebatch_input`` in ``src/batch_reader.cc``) and what
+fairseq/Marian call "maxi-batch sorting": it cuts padding, which is most of the
+wasted work in a padded batch of sentences of mixed lengths.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
+
+from ..errors import OptionError
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How work is cut into engine batches.
+
+    Attributes:
+        max_batch_size: most items (examples) in one batch.
+        max_batch_tokens: most padded token slots (``items * longest item``, in tokens) in one batch.
+        sort_window: how many items are buffered and sorted by length before batches are cut.
+            Bigger windows waste less padding; memory grows with it (items, not tokens).
+
+    Raises:
+        OptionError: a value is not a positive integer, or ``sort_window < max_batch_size``.
+    """
+
+    max_batch_size: int = 64
+    max_batch_tokens: int = 3072
+    sort_window: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "sort_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise OptionError(name, value, "must be a positive integer")
+        if self.sort_window < self.max_batch_size:
+            raise OptionError("sort_window", self.sort_window,
+                              f"must be at least max_batch_size ({self.max_batch_size})")
+
+
+@dataclass(frozen=True)
+class WorkItem(Generic[P]):
+    """One unit of engine work.
+
+    Attributes:
+        index: position used to put results back in order (any hashable int, unique per stream).
+        length: cost in tokens (source tokens for translation, prompt tokens for LLMs); >= 0.
+        payload: what the engine needs (token list, text...); opaque to the scheduler.
+    """
+
+    index: int
+    length: int
+    payload: P
+
+
+def padded_cost(batch: list[WorkItem]) -> int:
+    """Token slots a padded batch occupies: ``len(batch) * max(item.length)`` (at least 1 per item)."""
+    if not batch:
+        return 0
+    return len(batch) * max(1, max(item.length for item in batch))
+
+
+class Batcher(Generic[P]):
+    """Incremental length-sorting batcher.
+
+    ``push`` items as they arrive, take ``ready()`` batches whenever you like, and
+    ``flush()`` at the end of the stream. A batch is *ready* once the buffer holds a
+    full window: the window is sorted by length and cut; complete batches are
+    released and the last, partial batch waits for more items (so the engine gets
+    full batches while work keeps arriving). The buffer never holds more than
+    ``sort_window + max_batch_size`` items.
+    """
+
+    def __init__(self, options: BatchingOptions | None = None):
+        self.options = options or BatchingOptions()
+        self._buffer: list[WorkItem[P]] = []
+        self._ready: list[list[WorkItem[P]]] = []
+        self.items_in = 0
+        self.items_out = 0
+
+    def __len__(self) -> int:
+        """Items held (buffered or in ready batches), not yet handed out."""
+        return self.items_in - self.items_out
+
+    def push(self, item: WorkItem[P]) -> None:
+        if item.length < 0:
+            raise OptionError("length", item.length, f"item {item.index} has a negative length")
+        self._buffer.append(item)
+        self.items_in += 1
+        if len(self._buffer) >= self.options.sort_window:
+            self._cut(final=False)
+
+    def extend(self, items: Iterable[WorkItem[P]]) -> None:
+        for item in items:
+            self.push(item)
+
+    def ready(self) -> list[WorkItem[P]] | None:
+        """The next complete batch, or ``None`` if none is ready yet."""
+        if not self._ready:
+            return None
+        batch = self._ready.pop(0)
+        self.items_out += len(batch)
+        return batch
+
+    def flush(self) -> Iterator[list[WorkItem[P]]]:
+        """Cut everything held into batches (end of stream); yields ready batches first."""
+        self._cut(final=True)
+        while self._ready:
+            yield self.ready()  # type: ignore[misc]
+
+    def _cut(self, *, final: bool) -> None:
+        items = sorted(self._buffer, key=lambda it: (it.length, it.index))
+        self._buffer = []
+        batches = list(_cut_sorted(items, self.options))
+        if not final and batches:
+            last = batches[-1]
+            if len(last) < self.options.max_batch_size and not _budget_full(last, self.options):
+                self._buffer = batches.pop()
+        self._ready.extend(batches)
+
+
+def _budget_full(batch: list[WorkItem], options: BatchingOptions) -> bool:
+    # Full when even the shortest possible next item (as long as the batch's longest,
+    # since items arrive sorted) would exceed the budget.
+    longest = max(1, max(item.length for item in batch))
+    return (len(batch) + 1) * longest > options.max_batch_tokens
+
+
+def _cut_sorted(items: list[WorkItem[P]], options: BatchingOptions) -> Iterator[list[WorkItem[P]]]:
+    batch: list[WorkItem[P]] = []
+    longest = 0
+    for item in items:
+        new_longest = max(longest, item.length, 1)
+        if batch and (len(batch) + 1 > options.max_batch_size
+                      or (len(batch) + 1) * new_longest > options.max_batch_tokens):
+            yield batch
+            batch, new_longest = [], max(item.length, 1)
+        batch.append(item)
+        longest = new_longest
+    if batch:
+        yield batch
+
+
+def make_batches(items: Iterable[WorkItem[P]], options: BatchingOptions | None = None
+                 ) -> Iterator[list[WorkItem[P]]]:
+    """Stream ``items`` into batches (see :class:`Batcher`); memory is bounded by the window."""
+    batcher: Batcher[P] = Batcher(options)
+    for item in items:
+        batcher.push(item)
+        while (batch := batcher.ready()) is not None:
+            yield batch
+    yield from batcher.flush()
+
+
+class OrderedResults(Generic[R]):
+    """Re-orders results that complete out of order, by index.
+
+    ``add(index, result)`` in any order; ``pop_ready()`` yields ``(index, result)``
+    for the contiguous run starting at the next expected index. Indices must be
+    ``start, start+1, ...`` with no gaps; a repeated index raises ``ValueError``
+    (a doubled result is a bug, never silently overwritten).
+    """
+
+    def __init__(self, start: int = 0):
+        self._next = start
+        self._heap: list[tuple[int, R]] = []
+        self._seen: set[int] = set()
+
+    def add(self, index: int, result: R) -> None:
+        if index < self._next or index in self._seen:
+            raise ValueError(f"result for index {index} was added twice")
+        self._seen.add(index)
+        heapq.heappush(self._heap, (index, result))  # type: ignore[misc]
+
+    def pop_ready(self) -> Iterator[tuple[int, R]]:
+        while self._heap and self._heap[0][0] == self._next:
+            index, result = heapq.heappop(self._heap)
+            self._seen.discard(index)
+            self._next += 1
+            yield index, result
+
+    @property
+    def pending(self) -> int:
+        """Results held back waiting for an earlier index."""
+        return len(self._heap)
+
+
+def run_in_order(items: Iterable[WorkItem[P]], run_batch: Callable[[list[P]], list[R]],
+                 options: BatchingOptions | None = None) -> Iterator[tuple[int, R]]:
+    """Batch ``items``, run each batch synchronously, yield ``(index, result)`` in index order.
+
+    Indices must be ``0..n-1``. ``run_batch`` gets the payloads of one batch and must
+    return one result per payload, in the same order (else ``ValueError``).
+    """
+    ordered: OrderedResults[R] = OrderedResults()
+    for batch in make_batches(items, options):
+        results = run_batch([item.payload for item in batch])
+        if len(results) != len(batch):
+            raise ValueError(f"engine returned {len(results)} results for a batch of {len(batch)}")
+        for item, result in zip(batch, results):
+            ordered.add(item.index, result)
+        yield from ordered.pop_ready()
+    if ordered.pending:
+        raise ValueError(f"{ordered.pending} results never became contiguous (indices must be 0..n-1)")

@@ -1,0 +1,269 @@
+"""Back-translation paraphrase: source -> pivot language -> source.
+
+Round-trip translation is the oldest way to paraphrase with MT (Bannard & Callison-Burch,
+2005; Mallinson et al., 2017, "Paraphrasing Revisited with Neural Machine Translation");
+for instruction data it multiplies instructions and answers with new wording while the
+meaning stays. This module does the parts that make it usable on real instruction text:
+
+* structure: :mod:`~instructmill.methods.segmentation` keeps line breaks, list markers and
+  code blocks and translates sentence by sentence;
+* protection: code, URLs, ``{placeholders}`` and numbers come back byte-identical, or the
+  record gets ``status: "placeholder_lost"``;
+* limits: over-long sentences are split, never cut; unsplittable ones give ``input_too_long``;
+* quality: empty, looping, far-off-length or unchanged outputs get a status
+  (:mod:`~instructmill.methods.quality`) and stay out of the main output;
+* throughput: all segments of a chunk of records go through
+  :func:`~instructmill.engine.chain.translate_chain` at once (identical segments once,
+  token-budget batches, hop 2 fed as hop-1 batches finish).
+
+Example::
+
+    bt = BackTranslator()                      # embedded en<->pt models, no hub needed
+    [p.text for p in bt.paraphrase(["The garden is quiet."])]
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+from ..engine.chain import translate_chain
+from ..engine.scheduler import BatchingOptions
+from ..engine.translation import TranslationBackend
+from ..errors import OptionError, RecordError
+from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
+from .quality import QualityOptions, check_paraphrase, worst_status
+from .segmentation import Document, Segmenter
+
+
+@dataclass(frozen=True)
+class BackTranslationOptions:
+    """What to paraphrase and how.
+
+    Attributes:
+        source_lang: language of the records (ISO 639-1 code, or the model's own code).
+        pivots: pivot languages; each gives one paraphrase per record (ids get ``":<pivot>"``
+            appended when there is more than one).
+        fields: Example fields to paraphrase (``instruction``, ``input``, ``output``).
+        chunk_size: records translated together (bounds memory; bigger = fuller batches).
+        quality: thresholds for the output checks.
+    """
+
+    source_lang: str = "en"
+    pivots: tuple[str, ...] = ("pt",)
+    fields: tuple[str, ...] = ("instruction",)
+    chunk_size: int = 1024
+    quality: QualityOptions = field(default_factory=QualityOptions)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pivots, str) or not self.pivots:
+            raise OptionError("pivots", self.pivots, "give a non-empty list of language codes")
+        if len(set(self.pivots)) != len(self.pivots):
+            raise OptionError("pivots", self.pivots, "a pivot language is listed twice")
+        if self.source_lang in self.pivots:
+            raise OptionError("pivots", self.pivots, f"the source language {self.source_lang!r} cannot be a pivot")
+        bad = [f for f in self.fields if f not in EXAMPLE_FIELDS]
+        if bad or not self.fields:
+            raise OptionError("fields", self.fields, f"choose from {', '.join(EXAMPLE_FIELDS)}")
+        if self.chunk_size < 1:
+            raise OptionError("chunk_size", self.chunk_size, "must be a positive integer")
+
+
+@dataclass
+class Paraphrase:
+    """The round trip of one text.
+
+    Attributes:
+        source: the input text.
+        text: the round-trip text (the paraphrase when ``status == "ok"``).
+        status: ``"ok"`` or a reason from :mod:`~instructmill.methods.quality`.
+        pivot: pivot language; ``pivot_text``: the text in that language.
+        detail: e.g. ``{"lost": [...]}`` or ``{"tokens": 812, "max_input_tokens": 510}``.
+    """
+
+    source: str
+    text: str
+    status: str
+    pivot: str
+    pivot_text: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class BackTranslator:
+    """Paraphrases texts and records by translating to pivot languages and back.
+
+    Args:
+        models: for each pivot, a ``(forward, backward)`` pair of
+            :class:`~instructmill.engine.translation.TranslationBackend` (source->pivot,
+            pivot->source). ``None``: build them from ``model``.
+        model: ``None`` / ``"embedded"`` (the bundled English<->Portuguese Bergamot models), a
+            converted CTranslate2 folder of a multilingual model (NLLB / M2M100), or use
+            ``forward_model`` + ``backward_model`` for a pair of bilingual (OPUS-MT) folders.
+        options: :class:`BackTranslationOptions`.
+        batching: scheduler options (default: 64 examples / 3,072 tokens per batch).
+        ct2_options: :class:`~instructmill.engine.ctranslate2_backend.CTranslate2Options`.
+
+    Raises:
+        OptionError: the models do not cover the languages, or options are invalid.
+    """
+
+    method = "backtranslation"
+
+    def __init__(self, *, model: str | None = None, forward_model: str | None = None,
+                 backward_model: str | None = None,
+                 models: dict[str, tuple[TranslationBackend, TranslationBackend]] | None = None,
+                 options: BackTranslationOptions | None = None, batching: BatchingOptions | None = None,
+                 ct2_options=None, allow_unverified: bool = False):
+        self.options = options or BackTranslationOptions()
+        self.batching = batching or BatchingOptions()
+        if models is None:
+            from ..models.translation import load_round_trip
+
+            models = {pivot: load_round_trip(model=model, forward_model=forward_model,
+                                             backward_model=backward_model, source_lang=self.options.source_lang,
+                                             pivot=pivot, ct2_options=ct2_options,
+                                             allow_unverified=allow_unverified)
+                      for pivot in self.options.pivots}
+        missing = [p for p in self.options.pivots if p not in models]
+        if missing:
+            raise OptionError("models", sorted(models), f"no models for pivot(s) {missing}")
+        self.models = models
+        self.seconds = 0.0
+
+    # ----------------------------------------------------------------- texts
+    def paraphrase(self, texts: Sequence[str], *, pivot: str | None = None) -> list[Paraphrase]:
+        """Round-trip ``texts`` through ``pivot`` (default: the only configured pivot).
+
+        Returns one :class:`Paraphrase` per text, in input order. Empty, whitespace-only and
+        punctuation-only texts come back unchanged (status ``"ok"``) without a model call.
+        """
+        if pivot is None:
+            if len(self.options.pivots) != 1:
+                raise OptionError("pivot", pivot, f"several pivots configured {self.options.pivots}: name one")
+            pivot = self.options.pivots[0]
+        if pivot not in self.models:
+            raise OptionError("pivot", pivot, f"configured pivots: {', '.join(self.models)}")
+        forward, backward = self.models[pivot]
+        segmenter = Segmenter(self.options.source_lang, forward.count_tokens,
+                              min(forward.max_input_tokens, backward.max_input_tokens))
+        docs = [segmenter.segment(text) for text in texts]
+        flat: list[str] = []
+        for doc in docs:
+            if not doc.too_long:  # do not spend compute on a record that fails anyway
+                flat.extend(seg.text for seg in doc.segments)
+        start = time.perf_counter()
+        outputs, _ = translate_chain(flat, [forward, backward], batching=self.batching)
+        self.seconds += time.perf_counter() - start
+        results: list[Paraphrase] = []
+        pos = 0
+        for text, doc in zip(texts, docs):
+            if doc.too_long:
+                results.append(Paraphrase(text, text, "input_too_long", pivot, "",
+                                          {"tokens": max(doc.too_long),
+                                           "max_input_tokens": segmenter.max_tokens}))
+                continue
+            n = len(doc.segments)
+            mine = outputs[pos:pos + n]
+            pos += n
+            results.append(self._finish(text, doc, mine, pivot))
+        return results
+
+    def _finish(self, source: str, doc: Document, hops: list[list[str]], pivot: str) -> Paraphrase:
+        final, lost = doc.render([h[-1] for h in hops])
+        pivot_text, _ = doc.render([h[0] for h in hops])
+        if lost:
+            return Paraphrase(source, final, "placeholder_lost", pivot, pivot_text, {"lost": lost})
+        status = check_paraphrase(source, final, self.options.quality) if doc.segments else None
+        if status is None and not doc.segments:
+            status = None  # nothing translatable: passed through unchanged
+        return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text)
+
+    # --------------------------------------------------------------- records
+    def settings(self) -> dict[str, Any]:
+        """Provenance of this method (written into every record and the resume fingerprint)."""
+        return {
+            "method": self.method,
+            "source_lang": self.options.source_lang,
+            "pivots": list(self.options.pivots),
+            "fields": list(self.options.fields),
+            "quality": asdict(self.options.quality),
+            "engines": {pivot: [fwd.settings(), bwd.settings()] for pivot, (fwd, bwd) in self.models.items()},
+        }
+
+    def record_settings(self, pivot: str) -> dict[str, Any]:
+        """The compact provenance each output record carries (the full one is in the run state)."""
+        forward, backward = self.models[pivot]
+        out: dict[str, Any] = {"source_lang": self.options.source_lang, "pivot": pivot,
+                               "backend": forward.name, "models": [forward.model, backward.model]}
+        for key in ("compute_type", "beam_size"):
+            if key in forward.settings():
+                out[key] = forward.settings()[key]
+        return out
+
+    def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
+        """Paraphrase the chosen fields of every record; yields OutputRecords in input order.
+
+        A record whose shape has no usable example (e.g. ``instruction`` not a string) yields a
+        record with ``status: "invalid_record"`` and the error in ``extra``; nothing is dropped.
+        """
+        chunk: list[InputRecord] = []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= self.options.chunk_size:
+                yield from self._process_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from self._process_chunk(chunk)
+
+    def _process_chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
+        from ..io.readers import to_example
+
+        examples: list[Example | RecordError] = []
+        for record in chunk:
+            try:
+                examples.append(to_example(record))
+            except RecordError as exc:
+                examples.append(exc)
+        multi = len(self.options.pivots) > 1
+        per_pivot: dict[str, list[Paraphrase]] = {}
+        for pivot in self.options.pivots:
+            texts = [ex.get(f) if isinstance(ex, Example) else "" for ex in examples
+                     for f in self.options.fields]
+            per_pivot[pivot] = self.paraphrase(texts, pivot=pivot)
+        n_fields = len(self.options.fields)
+        for i, (record, example) in enumerate(zip(chunk, examples)):
+            for pivot in self.options.pivots:
+                rid = f"{record.id}:{pivot}" if multi else record.id
+                record_settings = self.record_settings(pivot)
+                if isinstance(example, RecordError):
+                    yield OutputRecord(rid, Example(instruction=""), "invalid_record", self.method,
+                                       record_settings, {"error": str(example), "line": record.line})
+                    continue
+                results = per_pivot[pivot][i * n_fields:(i + 1) * n_fields]
+                yield self._record(rid, record, example, results, record_settings)
+
+    def _record(self, rid: str, record: InputRecord, example: Example, results: list[Paraphrase],
+                settings: dict[str, Any]) -> OutputRecord:
+        new = Example(instruction=example.instruction, input=example.input, output=example.output,
+                      system=example.system, history=list(example.history))
+        field_status: dict[str, str] = {}
+        statuses: list[str | None] = []
+        detail: dict[str, Any] = {}
+        for name, result in zip(self.options.fields, results):
+            setattr(new, name, result.text)
+            if not result.source.strip():
+                continue
+            field_status[name] = result.status
+            statuses.append(None if result.status == STATUS_OK else result.status)
+            if result.detail:
+                detail[name] = result.detail
+        status = worst_status(statuses) or STATUS_OK
+        extra: dict[str, Any] = {
+            "source_id": record.id,
+            "original": {name: example.get(name) for name in self.options.fields},
+            "pivot_text": {name: r.pivot_text for name, r in zip(self.options.fields, results)},
+            "field_status": field_status,
+        }
+        if detail:
+            extra["detail"] = detail
+        return OutputRecord(rid, new, status, self.method, settings, extra)

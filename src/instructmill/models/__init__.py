@@ -1,0 +1,1 @@
+"""Known models, embedded defaults and the model cache."""
