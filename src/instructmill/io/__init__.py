@@ -1,0 +1,42 @@
+"""Records in, records out, resume.
+
+* :mod:`~instructmill.io.readers`: :func:`read_records` (JSONL, JSON array, CSV/TSV, stdin),
+  :func:`detect_shape`, :func:`to_example`.
+* :mod:`~instructmill.io.writers`: :func:`format_record` (Alpaca, ShareGPT, OpenAI messages),
+  :class:`JsonlWriter`.
+* :mod:`~instructmill.io.run` / :mod:`~instructmill.io.resume`: :func:`open_run`, a run with
+  output / discards / errors files that can be resumed after a crash.
+
+Standard library only, so ``import instructmill.io`` stays cheap.
+"""
+from instructmill.io.readers import (
+    READ_FORMATS,
+    ReadError,
+    content_id,
+    detect_format,
+    detect_shape,
+    read_records,
+    to_example,
+)
+from instructmill.io.resume import RunPaths, repair_jsonl, run_paths
+from instructmill.io.run import Run, open_run
+from instructmill.io.writers import WRITE_FORMATS, JsonlWriter, example_fields, format_record
+
+__all__ = [
+    "READ_FORMATS",
+    "WRITE_FORMATS",
+    "JsonlWriter",
+    "ReadError",
+    "Run",
+    "RunPaths",
+    "content_id",
+    "detect_format",
+    "detect_shape",
+    "example_fields",
+    "format_record",
+    "open_run",
+    "read_records",
+    "repair_jsonl",
+    "run_paths",
+    "to_example",
+]

@@ -1,0 +1,502 @@
+"""Read input records from JSONL, JSON or CSV/TSV files and stdin.
+
+:func:`read_records` turns a file into :class:`~instructmill.records.InputRecord` objects
+with stable ids; :func:`detect_shape` names the layout of a record's fields and
+:func:`to_example` converts a record into the canonical
+:class:`~instructmill.records.Example`.
+
+Supported layouts (shapes):
+
+* ``"seed"``: a Self-Instruct seed task (Wang et al. 2023, ``seed_tasks.jsonl``):
+  ``instruction`` plus an ``instances`` list of ``{"input", "output"}``.
+* ``"alpaca"``: ``instruction`` with ``input`` and/or ``output`` (Stanford Alpaca), plus the
+  optional ``system`` and ``history`` (list of ``[user, assistant]`` pairs) that
+  LLaMA-Factory's Alpaca format adds.
+* ``"sharegpt"``: ``conversations``, a list of ``{"from", "value"}`` turns.
+* ``"openai"``: ``messages``, a list of ``{"role", "content"}`` turns (OpenAI chat format).
+* ``"table"``: any other row (e.g. CSV columns used by templates).
+
+Only the standard library is used, so importing this module is cheap.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from instructmill.errors import OptionError, RecordError
+from instructmill.records import Example, InputRecord
+
+__all__ = [
+    "READ_FORMATS",
+    "ReadError",
+    "content_id",
+    "detect_format",
+    "detect_shape",
+    "read_records",
+    "to_example",
+]
+
+log = logging.getLogger("instructmill.io")
+
+#: Input formats accepted by :func:`read_records` (``ndjson`` is an alias of ``jsonl``).
+READ_FORMATS = ("jsonl", "ndjson", "json", "csv", "tsv")
+
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+_BOM = codecs.BOM_UTF8
+#: Longest ``raw`` text kept in a :class:`ReadError`.
+RAW_LIMIT = 500
+
+
+@dataclass
+class ReadError:
+    """An input line that could not be turned into a record.
+
+    Attributes:
+        line: 1-based line number (JSONL/CSV) or element index + 1 (JSON array).
+        error: human-readable reason (``"invalid JSON: ..."``, ``"duplicate id 'x' ..."``).
+        raw: the line decoded with ``errors="replace"``, cut to about 500 characters.
+        source: the path it came from (``"-"`` for stdin), when known.
+    """
+
+    line: int
+    error: str
+    raw: str
+    source: str | None = None
+
+
+def _raw_text(data: Any) -> str:
+    if isinstance(data, bytes):
+        text = data.decode("utf-8", errors="replace")
+    elif isinstance(data, str):
+        text = data
+    else:
+        text = json.dumps(data, ensure_ascii=False, default=str)
+    text = text.rstrip("\r\n")
+    if len(text) > RAW_LIMIT:
+        text = text[:RAW_LIMIT] + "…"
+    return text
+
+
+def content_id(fields: dict[str, Any], line: int) -> str:
+    """Id of a record that has no id of its own: ``f"L{line}-{hash8}"``.
+
+    ``hash8`` is the first 8 hex digits of the SHA-1 of the record's canonical JSON
+    (``sort_keys=True, ensure_ascii=False``, compact separators, UTF-8). It depends only on
+    the line number and the content, so it is the same on every run over the same file.
+    """
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                           default=str)
+    digest = hashlib.sha1(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return f"L{line}-{digest[:8]}"
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Input format from a file name: ``.jsonl``/``.ndjson`` -> ``"jsonl"``, ``.json``,
+    ``.csv``, ``.tsv`` (each optionally followed by ``.gz``); ``"-"`` (stdin) -> ``"jsonl"``.
+
+    Raises:
+        OptionError: the extension is not one of those.
+    """
+    name = os.fspath(path)
+    if name == "-":
+        return "jsonl"
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        lower = lower[:-3]
+    ext = os.path.splitext(lower)[1]
+    if ext not in _EXTENSIONS:
+        raise OptionError("format", None,
+                          f"cannot tell the format of {name!r} from its extension; "
+                          f"name the format (one of {', '.join(READ_FORMATS)})")
+    return _EXTENSIONS[ext]
+
+
+def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_field: str = "id",
+                 strict: bool = False,
+                 on_error: Callable[[ReadError], None] | None = None) -> Iterator[InputRecord]:
+    """Read records from ``path`` one at a time.
+
+    Args:
+        path: a file, or ``"-"`` for stdin (JSONL unless ``format`` says otherwise).
+            A ``.gz`` suffix is read through gzip.
+        format: ``"jsonl"`` (alias ``"ndjson"``), ``"json"`` (a top-level array of objects)
+            ``"csv"`` or ``"tsv"`` (header row first). ``None`` picks it from the extension
+            (:func:`detect_format`); a ``.json`` file whose first character is ``{`` is read
+            as JSONL, since many tools write JSON Lines under that name.
+        id_field: field that holds the record's own id. When it is missing or empty the id
+            is :func:`content_id` (``"L{line}-{hash8}"``).
+        strict: raise on the first bad line instead of reporting it.
+        on_error: called with a :class:`ReadError` for each bad line (invalid UTF-8 or
+            JSON, not an object, wrong CSV column count, duplicate id); reading goes on.
+            Without it bad lines are logged as warnings on the ``instructmill.io`` logger.
+
+    Returns:
+        an iterator of :class:`InputRecord` (``fields`` as read, ``shape`` from
+        :func:`detect_shape`, ``source`` = ``str(path)``). JSONL and CSV are read line by
+        line in constant memory (apart from the set of ids seen); a JSON array is loaded whole.
+        A UTF-8 BOM at the start of the file is ignored; blank and whitespace-only lines are
+        skipped (they are not errors). CSV/TSV rows whose cells are all blank are skipped too.
+
+    Raises:
+        OptionError: unknown format, or the file does not exist (raised at call time).
+        RecordError: with ``strict=True``, a bad line (naming path and line); always, a JSON
+            file that is not one array of values, or a CSV header with repeated names.
+    """
+    name = os.fspath(path)
+    if format is None:
+        fmt = detect_format(name)
+        sniff = fmt == "json" and name != "-"
+    else:
+        fmt = format.lower()
+        if fmt not in READ_FORMATS:
+            raise OptionError("format", format, f"expected one of {', '.join(READ_FORMATS)}")
+        sniff = False
+    if fmt == "ndjson":
+        fmt = "jsonl"
+    if name != "-" and not os.path.isfile(name):
+        raise OptionError("input", name, "no such file")
+    if sniff and _first_char(name) == "{":
+        fmt = "jsonl"
+    return _read(name, fmt, id_field, strict, on_error)
+
+
+def _open_binary(name: str) -> Any:
+    """Context manager giving the binary stream; stdin is not closed on exit."""
+    if name == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    if name.lower().endswith(".gz"):
+        return gzip.open(name, "rb")
+    return open(name, "rb")
+
+
+def _first_char(name: str) -> str:
+    with _open_binary(name) as fh:
+        head = fh.read(4096)
+    text = head.removeprefix(_BOM).decode("utf-8", errors="replace").lstrip()
+    return text[:1]
+
+
+def _read(name: str, fmt: str, id_field: str, strict: bool,
+          on_error: Callable[[ReadError], None] | None) -> Iterator[InputRecord]:
+    if fmt == "jsonl":
+        rows = _jsonl_rows(name)
+    elif fmt == "json":
+        rows = _json_rows(name)
+    else:
+        rows = _csv_rows(name, "\t" if fmt == "tsv" else ",")
+    seen: dict[str, int] = {}
+    for line, obj, raw in rows:
+        if isinstance(obj, ReadError):
+            _report(obj, name, strict, on_error)
+            continue
+        rid = _record_id(obj, line, id_field)
+        first = seen.get(rid)
+        if first is not None:
+            err = ReadError(line, f"duplicate id {rid!r} (first seen on line {first})",
+                            _raw_text(raw), name)
+            if strict:
+                raise RecordError(err.error, record=rid, line=line, source=name)
+            _report(err, name, strict, on_error)
+            continue
+        seen[rid] = line
+        yield InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+
+
+def _report(err: ReadError, name: str, strict: bool,
+            on_error: Callable[[ReadError], None] | None) -> None:
+    if strict:
+        raise RecordError(err.error, line=err.line, source=name)
+    if on_error is None:
+        log.warning("%s, line %d: %s (skipped)", name, err.line, err.error)
+    else:
+        on_error(err)
+
+
+def _record_id(fields: dict[str, Any], line: int, id_field: str) -> str:
+    value = fields.get(id_field)
+    if value is None or isinstance(value, (dict, list)):
+        return content_id(fields, line)
+    text = str(value)
+    if not text.strip():
+        return content_id(fields, line)
+    return text
+
+
+# Each row producer yields (line, dict | ReadError, raw) triples.
+_Row = tuple[int, Any, Any]
+
+
+def _jsonl_rows(name: str) -> Iterator[_Row]:
+    with _open_binary(name) as fh:
+        for line_no, data in enumerate(fh, start=1):
+            if line_no == 1 and data.startswith(_BOM):
+                data = data[len(_BOM):]
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield line_no, ReadError(line_no, f"invalid UTF-8: {exc}", _raw_text(data), name), data
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield line_no, ReadError(line_no, f"invalid JSON: {exc.msg} (column {exc.colno})",
+                                         _raw_text(data), name), data
+                continue
+            if not isinstance(obj, dict):
+                yield line_no, ReadError(line_no, f"expected a JSON object, got {_json_type(obj)}",
+                                         _raw_text(data), name), data
+                continue
+            yield line_no, obj, data
+
+
+def _json_rows(name: str) -> Iterator[_Row]:
+    with _open_binary(name) as fh:
+        data = fh.read()
+    data = data.removeprefix(_BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecordError(f"invalid UTF-8: {exc}", line=line, source=name) from None
+    if not text.strip():
+        return
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno,
+                          source=name) from None
+    if not isinstance(doc, list):
+        raise RecordError(f"expected a top-level JSON array of objects, got {_json_type(doc)} "
+                          "(for one object per line use the jsonl format)", source=name)
+    for index, obj in enumerate(doc, start=1):
+        if not isinstance(obj, dict):
+            yield index, ReadError(index, f"expected a JSON object, got {_json_type(obj)}",
+                                   _raw_text(obj), name), obj
+            continue
+        yield index, obj, obj
+
+
+def _csv_rows(name: str, delimiter: str) -> Iterator[_Row]:
+    # Long texts exceed the csv module's default 128 KiB field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    with _open_binary(name) as binary:
+        # surrogateescape keeps going past bad bytes; rows holding them are reported below.
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        try:
+            yield from _csv_parse(csv.reader(text, delimiter=delimiter), name, delimiter)
+        finally:
+            text.detach()  # leave closing to the ``with`` (and never close stdin)
+
+
+def _csv_parse(reader: Any, name: str, delimiter: str) -> Iterator[_Row]:
+    """Rows of a csv.reader as (line, dict | ReadError, raw); the first non-blank row is the header."""
+    header: list[str] | None = None
+    last = 0
+    for row in reader:
+        start, last = last + 1, reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        raw = delimiter.join(row)
+        if header is None:
+            header = [cell.lstrip("\ufeff") if i == 0 else cell for i, cell in enumerate(row)]
+            if _has_surrogates(raw):
+                raise RecordError("invalid UTF-8 in the header row", line=start, source=name)
+            dups = sorted({h for h in header if header.count(h) > 1})
+            if dups:
+                raise RecordError(f"repeated column name(s) in the header: {dups}",
+                                  line=start, source=name)
+            continue
+        if _has_surrogates(raw):
+            yield start, ReadError(start, "invalid UTF-8", _raw_text(_unescape(raw)), name), raw
+            continue
+        if len(row) != len(header):
+            yield start, ReadError(start, f"row has {len(row)} fields, the header has "
+                                   f"{len(header)}", _raw_text(raw), name), raw
+            continue
+        yield start, dict(zip(header, row)), raw
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _unescape(text: str) -> str:
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def _json_type(obj: Any) -> str:
+    if obj is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(obj), type(obj).__name__)
+
+
+# ---------------------------------------------------------------------------- shapes
+
+_USER_ROLES = {"human": "user", "user": "user"}
+_ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                    "bard": "assistant", "model": "assistant"}
+
+
+def detect_shape(fields: dict[str, Any]) -> str:
+    """Name the layout of a record's fields.
+
+    Returns:
+        ``"seed"`` (``instruction`` + ``instances`` list), ``"alpaca"`` (``instruction`` and
+        ``input`` or ``output``), ``"sharegpt"`` (``conversations`` list), ``"openai"``
+        (``messages`` list) or ``"table"`` (anything else). Only keys and container types
+        are looked at; :func:`to_example` checks the contents.
+    """
+    if "instruction" in fields and isinstance(fields.get("instances"), list):
+        return "seed"
+    if "instruction" in fields and ("input" in fields or "output" in fields):
+        return "alpaca"
+    if isinstance(fields.get("conversations"), list):
+        return "sharegpt"
+    if isinstance(fields.get("messages"), list):
+        return "openai"
+    return "table"
+
+
+def to_example(record: InputRecord) -> Example:
+    """Convert a record into an :class:`Example` according to ``record.shape``.
+
+    * seed: ``instruction`` plus the first instance's ``input`` / ``output``.
+    * alpaca (and table rows that have an ``instruction``): ``instruction``, ``input``,
+      ``output``, optional ``system`` and ``history`` (``[[user, assistant], ...]``, oldest
+      first, as in LLaMA-Factory). ``null`` counts as an empty optional field.
+    * sharegpt / openai: turns with roles human/user, gpt/assistant/chatgpt/bard/model and
+      system (``from``/``value`` or ``role``/``content`` are accepted in either list). System
+      turns are joined into ``system``; the other turns must alternate user, assistant
+      starting with user. The last user turn becomes ``instruction``, the assistant turn after
+      it ``output`` (``""`` when the conversation ends with the user), earlier pairs ``history``.
+      OpenAI ``content`` may be a list of ``{"type": "text", "text": ...}`` parts.
+
+    Raises:
+        RecordError: a required field is missing or has the wrong type, naming the record
+            id, its line and the field (e.g. ``conversations[3].from``).
+    """
+    fields, shape = record.fields, record.shape
+
+    def fail(field: str, message: str) -> RecordError:
+        return RecordError(message, record=record.id, line=record.line, field=field,
+                           source=record.source)
+
+    def text(obj: dict[str, Any], key: str, field: str, required: bool = False) -> str:
+        if key not in obj or obj[key] is None:
+            if required:
+                raise fail(field, f"missing {shape} field {field!r}")
+            return ""
+        value = obj[key]
+        if not isinstance(value, str):
+            raise fail(field, f"{field!r} is not a string (got {_json_type(value)})")
+        return value
+
+    if shape == "seed":
+        instruction = text(fields, "instruction", "instruction", required=True)
+        instances = fields["instances"]
+        if not instances:
+            raise fail("instances", "'instances' is empty")
+        first = instances[0]
+        if not isinstance(first, dict):
+            raise fail("instances[0]", f"'instances[0]' is not an object (got {_json_type(first)})")
+        return Example(instruction=instruction,
+                       input=text(first, "input", "instances[0].input"),
+                       output=text(first, "output", "instances[0].output"))
+    if shape in ("sharegpt", "openai"):
+        key = "conversations" if shape == "sharegpt" else "messages"
+        return _conversation_example(fields[key], key, fail)
+    if shape == "alpaca" or "instruction" in fields:
+        return Example(instruction=text(fields, "instruction", "instruction", required=True),
+                       input=text(fields, "input", "input"),
+                       output=text(fields, "output", "output"),
+                       system=text(fields, "system", "system"),
+                       history=_history(fields.get("history"), fail))
+    keys = ", ".join(repr(k) for k in list(fields)[:10])
+    raise fail("instruction", f"no 'instruction' field (record shape {shape!r}, keys: {keys}); "
+                              "use a template to build examples from table rows")
+
+
+def _history(value: Any, fail: Callable[[str, str], RecordError]) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail("history", f"'history' is not a list (got {_json_type(value)})")
+    pairs = []
+    for i, pair in enumerate(value):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(t, str) for t in pair)):
+            raise fail(f"history[{i}]", f"'history[{i}]' is not a [user, assistant] pair of strings")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def _turn_content(turn: dict[str, Any], where: str,
+                  fail: Callable[[str, str], RecordError]) -> str:
+    key = "value" if "value" in turn else "content"
+    if key not in turn:
+        raise fail(f"{where}.value", f"turn {where} has no 'value' or 'content'")
+    value = turn[key]
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                       and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    raise fail(f"{where}.{key}", f"'{where}.{key}' is not a string or a list of text parts")
+
+
+def _conversation_example(turns: Iterable[Any], key: str,
+                          fail: Callable[[str, str], RecordError]) -> Example:
+    system: list[str] = []
+    dialog: list[tuple[str, str, str]] = []  # (role, text, where)
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            raise fail(where, f"'{where}' is not an object (got {_json_type(turn)})")
+        role_key = "from" if "from" in turn else "role"
+        raw_role = turn.get(role_key)
+        if not isinstance(raw_role, str):
+            raise fail(f"{where}.from", f"turn {where} has no 'from' or 'role' string")
+        role_name = raw_role.lower()
+        content = _turn_content(turn, where, fail)
+        if role_name == "system":
+            system.append(content)
+        elif role_name in _USER_ROLES:
+            dialog.append(("user", content, where))
+        elif role_name in _ASSISTANT_ROLES:
+            dialog.append(("assistant", content, where))
+        else:
+            raise fail(f"{where}.{role_key}", f"unsupported role {raw_role!r} in {where}")
+    if not any(role == "user" for role, _, _ in dialog):
+        raise fail(key, f"'{key}' has no user turn")
+    for i, (role, _, where) in enumerate(dialog):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise fail(where, f"turn {where} is a {role} turn where a {expected} turn was "
+                              "expected (turns must alternate user, assistant)")
+    if dialog[-1][0] == "user":
+        instruction, output, earlier = dialog[-1][1], "", dialog[:-1]
+    else:
+        instruction, output, earlier = dialog[-2][1], dialog[-1][1], dialog[:-2]
+    history = [(earlier[j][1], earlier[j + 1][1]) for j in range(0, len(earlier), 2)]
+    return Example(instruction=instruction, input="", output=output,
+                   system="\n\n".join(system), history=history)

@@ -1,0 +1,168 @@
+"""Write output records as JSON Lines in the Alpaca, ShareGPT or OpenAI ``messages`` shape.
+
+:func:`format_record` turns an :class:`~instructmill.records.OutputRecord` into a plain
+dict; :class:`JsonlWriter` appends such dicts to a file, one per line.
+
+Shapes (the formats LLaMA-Factory reads, see its ``data/README.md``):
+
+* ``"alpaca"``: ``instruction``, ``input``, ``output`` (+ ``system`` and ``history`` when
+  non-empty).
+* ``"sharegpt"``: ``conversations``: ``[{"from": "system"|"human"|"gpt", "value": ...}]``.
+* ``"openai"``: ``messages``: ``[{"role": "system"|"user"|"assistant", "content": ...}]``.
+
+Every record also carries ``id``, ``status``, ``method`` and ``settings`` (provenance), and
+``extra`` when the record has any.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from instructmill.errors import OptionError
+from instructmill.records import Example, OutputRecord
+
+__all__ = ["WRITE_FORMATS", "JsonlWriter", "dumps_line", "example_fields", "format_record"]
+
+#: Output formats accepted by :func:`format_record`.
+WRITE_FORMATS = ("alpaca", "sharegpt", "openai")
+
+
+def _user_text(ex: Example) -> str:
+    return f"{ex.instruction}\n\n{ex.input}" if ex.input else ex.instruction
+
+
+def example_fields(example: Example, fmt: str) -> dict[str, Any]:
+    """The example's fields in output shape ``fmt`` (see the module docstring).
+
+    In the conversation shapes the user turn is ``instruction + "\\n\\n" + input`` when
+    ``input`` is non-empty, and the final assistant turn is left out when ``output`` is ``""``.
+
+    Raises:
+        OptionError: ``fmt`` is not one of :data:`WRITE_FORMATS`.
+    """
+    if fmt == "alpaca":
+        out: dict[str, Any] = {"instruction": example.instruction, "input": example.input,
+                               "output": example.output}
+        if example.system:
+            out["system"] = example.system
+        if example.history:
+            out["history"] = [[user, assistant] for user, assistant in example.history]
+        return out
+    if fmt == "sharegpt":
+        key, role, text, names = "conversations", "from", "value", ("system", "human", "gpt")
+    elif fmt == "openai":
+        key, role, text, names = "messages", "role", "content", ("system", "user", "assistant")
+    else:
+        raise OptionError("format", fmt, f"expected one of {', '.join(WRITE_FORMATS)}")
+    system, user, assistant = names
+    turns = []
+    if example.system:
+        turns.append({role: system, text: example.system})
+    for question, answer in example.history:
+        turns.append({role: user, text: question})
+        turns.append({role: assistant, text: answer})
+    turns.append({role: user, text: _user_text(example)})
+    if example.output:
+        turns.append({role: assistant, text: example.output})
+    return {key: turns}
+
+
+def format_record(rec: OutputRecord, fmt: str) -> dict[str, Any]:
+    """One output line as a dict: ``id``, the example in shape ``fmt``, ``status``,
+    ``method``, ``settings``, and ``extra`` when ``rec.extra`` is non-empty.
+
+    Raises:
+        OptionError: ``fmt`` is not one of :data:`WRITE_FORMATS`.
+    """
+    out: dict[str, Any] = {"id": rec.id}
+    out.update(example_fields(rec.example, fmt))
+    out["status"] = rec.status
+    out["method"] = rec.method
+    out["settings"] = dict(rec.settings)
+    if rec.extra:
+        out["extra"] = dict(rec.extra)
+    return out
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def dumps_line(obj: Any) -> bytes:
+    """``obj`` as one UTF-8 JSON line ending in ``"\\n"`` (``ensure_ascii=False``).
+
+    Paths become strings and sets sorted lists. A string holding a lone surrogate (possible
+    after ``json.loads('"\\\\ud800"')``) cannot be UTF-8 encoded; such a line is written with
+    ``ensure_ascii=True`` instead, which keeps it valid JSON that reads back to the same value.
+    """
+    text = json.dumps(obj, ensure_ascii=False, default=_default)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(obj, ensure_ascii=True, default=_default).encode("ascii")
+    return data + b"\n"
+
+
+class JsonlWriter:
+    """Append JSON objects to a file, one per line.
+
+    Args:
+        path: the file (created if missing; its folder must exist).
+        append: keep existing content (default) or truncate the file first.
+        fsync: call ``os.fsync`` after each batch so that a power loss cannot lose lines
+            already reported written (slower). Without it lines are flushed to the OS only.
+
+    Each :meth:`write_many` batch is encoded first and handed to the OS in one write, then
+    flushed, so a crash can leave at most a torn last line (which ``io.resume`` repairs).
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], append: bool = True, *, fsync: bool = False):
+        self.path = os.fspath(path)
+        self.fsync = fsync
+        self.lines_written = 0
+        self._fh = open(self.path, "ab" if append else "wb")
+
+    def write(self, obj: Any) -> None:
+        """Write one object (and flush)."""
+        self.write_many([obj])
+
+    def write_many(self, objs: Iterable[Any]) -> int:
+        """Write the objects as one batch, flush (and fsync if asked); return how many."""
+        lines = [dumps_line(obj) for obj in objs]
+        if not lines:
+            return 0
+        if self._fh.closed:
+            raise ValueError(f"{self.path} is closed")
+        self._fh.write(b"".join(lines))
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+        self.lines_written += len(lines)
+        return len(lines)
+
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
+    def close(self) -> None:
+        """Flush and close the file (idempotent)."""
+        if not self._fh.closed:
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
