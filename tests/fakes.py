@@ -8,7 +8,7 @@ import time
 from instructmill.engine.translation import Encoded, TranslationBackend
 
 SYNONYMS = {"garden": "yard", "quiet": "calm", "red": "crimson", "green": "emerald", "fill": "top up",
-            "boil": "heat", "river": "stream", "flows": "runs", "kettle": "pot", "use": "take"}
+            "boil": "heat", "open": "launch", "river": "stream", "flows": "runs", "kettle": "pot", "use": "take"}
 
 
 class FakeBackend(TranslationBackend):

