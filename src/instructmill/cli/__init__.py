@@ -1,33 +1,50 @@
-"""The ``instructmill`` command line (click). Thin: parse flags, call the Python API, print a summary."""
+"""The ``instructmill`` command line (click). Thin: parse flags, call the Python API, print a summary.
+
+Subcommands are imported only when used (click's lazy-group pattern), so ``instructmill --help``
+and the io / template paths start fast and never import an engine.
+"""
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
 from .. import __version__
 
+#: command name -> "module:attribute" of its click command
+COMMANDS = {
+    "template": "instructmill.cli.template:template",
+    "backtranslate": "instructmill.cli.backtranslate:backtranslate",
+    "convert": "instructmill.converters.cli:convert",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands live in modules imported on first use."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = lazy_commands or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module, attr = self.lazy_commands[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="instructmill")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def cli(verbose: int) -> None:
     """Build instruction-tuning data in bulk: templates, back-translation, conversion."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
-
-
-def _register() -> None:
-    from ..converters.cli import convert
-    from .backtranslate import backtranslate
-    from .template import template
-
-    cli.add_command(template)
-    cli.add_command(backtranslate)
-    cli.add_command(convert)
-
-
-_register()
 
 
 def main() -> None:

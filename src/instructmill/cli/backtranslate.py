@@ -56,5 +56,5 @@ def backtranslate(input_path, output, fmt, input_format, id_field, resume, overw
     tokens = sum(b.stats.target_tokens for pair in bt.models.values() for b in pair)
     segments = sum(b.stats.segments for pair in bt.models.values() for b in pair)
     speed = tokens / bt.seconds if bt.seconds else 0.0
-    print_summary(summary, [f"translated: {segments} segments, {tokens} target tokens "
+    print_summary(summary, [f"translated: {segments} segments (all hops), {tokens} target tokens "
                             f"in {bt.seconds:.1f} s ({speed:.0f} target tokens/s)"])
