@@ -177,6 +177,11 @@ class CTranslate2Backend(TranslationBackend):
         langs = self.manifest.get("languages") or {}
         self.source_lang = source_lang or langs.get("source") or ""
         self.target_lang = target_lang or langs.get("target") or ""
+        known = (langs.get("source"), langs.get("target"))
+        if (self.manifest.get("tokenizer") or {}).get("type", "sentencepiece") == "sentencepiece" \
+                and all(known) and (self.source_lang, self.target_lang) != known:
+            raise OptionError("languages", f"{self.source_lang}->{self.target_lang}",
+                              f"{self.model_dir} translates {known[0]}->{known[1]} (from its manifest)")
         self.model = str(self.manifest.get("source") or self.model_dir)
         self.device = resolve_device(self.options.device)
         self.compute_type = resolve_compute_type(self.device, self.options.compute_type)
