@@ -1,0 +1,36 @@
+"""Shared fixtures: small MarianMT models built offline (no model hub).
+
+The Marian builders make seeded "cipher" models (see ``instructmill.testing.marian``): greedy
+output has one token per source token then ``</s>``, so outputs are real multi-token sequences,
+and the ``xx->en`` model inverts the ``en->xx`` one. Folder names follow OPUS-MT
+(``opus-mt-en-xx``) so language codes are parsed from them.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_marian_dir(tmp_path_factory) -> Path:
+    """An HF MarianMT folder (en->xx, d_model 64, 2+2 layers), built once per test session."""
+    from instructmill.testing import build_marian
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Recommended: pip install sacremoses."
+        return build_marian(tmp_path_factory.mktemp("marian") / "opus-mt-en-xx")
+
+
+@pytest.fixture(scope="session")
+def tiny_marian_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """``(en->xx folder, xx->en folder)``: a cipher model and its inverse, for back-translation."""
+    from instructmill.testing import build_marian
+
+    root = tmp_path_factory.mktemp("marian_pair")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        forward = build_marian(root / "opus-mt-en-xx", seed=0)
+        backward = build_marian(root / "opus-mt-xx-en", seed=0, inverse=True)
+    return forward, backward
