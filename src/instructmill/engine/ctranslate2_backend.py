@@ -257,31 +257,38 @@ class _SentencePieceTokenizer:
         self.source = spm.SentencePieceProcessor(model_file=str(folder / tok.get("source_spm", "source.spm")))
         self.target = spm.SentencePieceProcessor(model_file=str(folder / tok.get("target_spm", "target.spm")))
         self.target_prefix: list[str] = []
+        self.prefix = list(tok.get("source_prefix") or [])
+        self.suffix = list(tok.get("source_suffix") or ["</s>"])
 
     def encode(self, texts: list[str]) -> list[list[str]]:
-        return [pieces + ["</s>"] for pieces in self.source.encode(list(texts), out_type=str)]
+        return [self.prefix + pieces + self.suffix for pieces in self.source.encode(list(texts), out_type=str)]
 
     def decode(self, hyps: list[list[str]]) -> list[str]:
         return [self.target.decode([t for t in hyp if t not in self.SPECIALS]) for hyp in hyps]
 
 
 class _HFTokenizer:
-    """NLLB / M2M100: the HF tokenizer (no torch needed) with source and target language tokens."""
+    """NLLB / M2M100: the HF tokenizer (no torch needed) with source and target language tokens.
 
-    def __init__(self, folder: Path, source_lang: str, target_lang: str, architecture: str):
+    NLLB's language codes are its tokens (``eng_Latn``; ISO 639-1 codes are mapped with
+    :data:`NLLB_CODES`); M2M100's codes are ISO (``en``) and its tokens ``__en__``.
+    """
+
+    def __init__(self, folder: Path, source_lang: str, target_lang: str, style: str):
         try:
             from transformers import AutoTokenizer
         except ImportError as exc:
             raise InstructmillError("NLLB / M2M100 models need transformers for their tokenizer: "
                                     "pip install 'instructmill[convert]'") from exc
-        nllb = "nllb" in architecture.lower() or (folder / "sentencepiece.bpe.model").exists()
+        nllb = style == "nllb"
         src = NLLB_CODES.get(source_lang, source_lang) if nllb else source_lang
         tgt = NLLB_CODES.get(target_lang, target_lang) if nllb else target_lang
         self.tok = AutoTokenizer.from_pretrained(str(folder), src_lang=src)
-        target_token = tgt if nllb else f"__{tgt}__"
-        if self.tok.convert_tokens_to_ids(target_token) == self.tok.unk_token_id:
-            raise OptionError("target_lang", target_lang, f"the model has no language token {target_token!r}")
-        self.target_prefix = [target_token]
+        for name, code in (("source_lang", src), ("target_lang", tgt)):
+            token = code if nllb else f"__{code}__"
+            if self.tok.convert_tokens_to_ids(token) in (None, self.tok.unk_token_id):
+                raise OptionError(name, code, f"the model has no language token {token!r}")
+        self.target_prefix = [tgt if nllb else f"__{tgt}__"]
 
     def encode(self, texts: list[str]) -> list[list[str]]:
         return [self.tok.convert_ids_to_tokens(ids) for ids in self.tok(list(texts))["input_ids"]]
@@ -298,4 +305,4 @@ def _load_tokenizer(model_dir: str, manifest: dict, source_lang: str, target_lan
     if not source_lang or not target_lang:
         raise OptionError("source_lang/target_lang", (source_lang, target_lang),
                           "a multilingual model needs both languages")
-    return _HFTokenizer(folder, source_lang, target_lang, str(manifest.get("architecture", "")))
+    return _HFTokenizer(folder, source_lang, target_lang, str(tok.get("language_tokens", "m2m100")))
