@@ -1,0 +1,111 @@
+"""CTranslate2 ``Generator`` backend: the CPU fallback for LLM sampling.
+
+Takes a decoder LLM converted by ``instructmill convert`` (float32 by default on CPU: int8
+degrades SmolLM2-135M into repetition, measured). Requests with the same sampling settings go
+to one ``generate_batch`` call. CTranslate2 has no per-request seed:
+``ctranslate2.set_random_seed`` is process-wide, so sampled requests run one seed at a time
+(seed set, then the requests sharing that seed), which makes each sample reproducible from
+its seed; greedy requests are batched freely.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
+from .llm import LLMBackend, LLMEngineOptions, Request, Sample
+
+_SEED_LOCK = threading.Lock()
+
+
+class CTranslate2GeneratorBackend(LLMBackend):
+    """An LLM run by ``ctranslate2.Generator``.
+
+    Args:
+        model_dir: converted CTranslate2 folder (with its ``instructmill.json`` manifest and HF tokenizer files).
+        options: engine options; ``compute_type``, ``device``, ``threads`` and ``max_model_len`` apply.
+
+    Raises:
+        VerificationError: the folder's conversion failed verification.
+    """
+
+    name = "ctranslate2"
+
+    def __init__(self, model_dir: str, options: LLMEngineOptions | None = None, *, allow_unverified: bool = False):
+        super().__init__(options)
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        from ..converters.manifest import load_verified_manifest
+
+        self.manifest = load_verified_manifest(model_dir, allow_unverified=allow_unverified)
+        opts = self.options
+        device = opts.device if opts.device != "auto" else (
+            "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
+        compute_type = opts.compute_type if opts.compute_type != "auto" else (
+            "float32" if device == "cpu" else "float16")
+        threads = opts.threads or os.cpu_count() or 1
+        self.generator = ctranslate2.Generator(str(model_dir), device=device, compute_type=compute_type,
+                                               inter_threads=1, intra_threads=threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = str(self.manifest.get("source") or model_dir)
+        self.compute_type = compute_type
+        self.device = device
+        config_len = int(self.manifest.get("max_input_tokens") or 2048)
+        self.max_model_len = min(opts.max_model_len or config_len, config_len)
+        gen_eos = _eos_ids(model_dir, self.tokenizer)
+        self.end_tokens = self.tokenizer.convert_ids_to_tokens(gen_eos)
+        self.eos_ids = set(gen_eos)
+
+    def _generate(self, requests: list[Request]) -> list[Sample]:
+        groups: dict[Any, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[replace(r.params, stop=())].append(i)  # seed is part of the key: one seed per call
+        samples: list[Sample | None] = [None] * len(requests)
+        for params, members in groups.items():
+            batch = [self.tokenizer.convert_ids_to_tokens(requests[i].prompt_ids) for i in members]
+            for i, sample in zip(members, self._batch(batch, params)):
+                samples[i] = sample
+        return samples  # type: ignore[return-value]
+
+    def _batch(self, batch: list[list[str]], p) -> list[Sample]:
+        import ctranslate2
+
+        kwargs: dict[str, Any] = dict(
+            max_length=p.max_tokens, min_length=p.max_tokens if p.ignore_eos else p.min_tokens,
+            include_prompt_in_result=False, return_scores=False, repetition_penalty=p.repetition_penalty,
+            end_token=self.end_tokens, max_batch_size=self.options.max_num_seqs)
+        if p.greedy:
+            kwargs.update(sampling_topk=1)
+        else:
+            vocab_top_k = p.top_k if p.top_k > 0 else 0
+            kwargs.update(sampling_topk=vocab_top_k, sampling_topp=p.top_p, sampling_temperature=p.temperature)
+        with _SEED_LOCK:
+            if p.seed is not None:
+                ctranslate2.set_random_seed(p.seed)
+            results = self.generator.generate_batch(batch, **kwargs)
+        out = []
+        for r in results:
+            ids = [i for i in r.sequences_ids[0] if i not in self.eos_ids]
+            finished = len(r.sequences_ids[0]) < p.max_tokens
+            out.append(Sample(self.decode(ids), ids, "stop" if finished else "length"))
+        return out
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "compute_type": self.compute_type, "device": self.device}
+
+
+def _eos_ids(model_dir: str, tokenizer) -> list[int]:
+    import json
+    from pathlib import Path
+
+    ids: list[int] = []
+    path = Path(model_dir) / "generation_config.json"
+    if path.exists():
+        value = json.loads(path.read_text()).get("eos_token_id")
+        ids = value if isinstance(value, list) else [value] if value is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return [int(i) for i in ids]
