@@ -2,23 +2,24 @@
 
 Takes a decoder LLM converted by ``instructmill convert`` (float32 by default on CPU: int8
 degrades SmolLM2-135M into repetition, measured). Requests with the same sampling settings go
-to one ``generate_batch`` call. CTranslate2 has no per-request seed:
-``ctranslate2.set_random_seed`` is process-wide, so sampled requests run one seed at a time
-(seed set, then the requests sharing that seed), which makes each sample reproducible from
-its seed; greedy requests are batched freely.
+to one ``generate_batch`` call.
+
+Seeds: CTranslate2 has no per-request seed. Its sampling RNG is per worker thread, seeded from
+``ctranslate2.set_random_seed`` when the thread first samples; later calls to
+``set_random_seed`` do not reseed it (measured with 4.8.5, also in ``shared/notes/engines.md``).
+So the engine seed (``LLMEngineOptions.seed``) is set before the Generator is created: a
+rerun of the same job reproduces every sample, but a single request's ``seed`` cannot select
+its sample (records still carry the seed instructmill assigned). Use vLLM or transformers
+when each sample must be reproducible from its own seed.
 """
 from __future__ import annotations
 
 import os
-import threading
 from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
-from .llm import LLMBackend, LLMEngineOptions, Request, Sample
-
-_SEED_LOCK = threading.Lock()
-
+from .llm import LLMBackend, LLMEngineOptions, Request, Sample, context_length
 
 class CTranslate2GeneratorBackend(LLMBackend):
     """An LLM run by ``ctranslate2.Generator``.
@@ -40,6 +41,7 @@ class CTranslate2GeneratorBackend(LLMBackend):
 
         from ..converters.manifest import load_verified_manifest
 
+        self.model_dir = str(model_dir)
         self.manifest = load_verified_manifest(model_dir, allow_unverified=allow_unverified)
         opts = self.options
         device = opts.device if opts.device != "auto" else (
@@ -47,14 +49,15 @@ class CTranslate2GeneratorBackend(LLMBackend):
         compute_type = opts.compute_type if opts.compute_type != "auto" else (
             "float32" if device == "cpu" else "float16")
         threads = opts.threads or os.cpu_count() or 1
+        ctranslate2.set_random_seed(opts.seed)
         self.generator = ctranslate2.Generator(str(model_dir), device=device, compute_type=compute_type,
                                                inter_threads=1, intra_threads=threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model = str(self.manifest.get("source") or model_dir)
         self.compute_type = compute_type
         self.device = device
-        config_len = int(self.manifest.get("max_input_tokens") or 2048)
-        self.max_model_len = min(opts.max_model_len or config_len, config_len)
+        self.max_model_len = context_length(opts.max_model_len, self.manifest.get("max_input_tokens"),
+                                            self.model_dir)
         gen_eos = _eos_ids(model_dir, self.tokenizer)
         self.end_tokens = self.tokenizer.convert_ids_to_tokens(gen_eos)
         self.eos_ids = set(gen_eos)
@@ -62,7 +65,7 @@ class CTranslate2GeneratorBackend(LLMBackend):
     def _generate(self, requests: list[Request]) -> list[Sample]:
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[replace(r.params, stop=())].append(i)  # seed is part of the key: one seed per call
+            groups[replace(r.params, stop=(), seed=None)].append(i)  # seeds cannot be per request here
         samples: list[Sample | None] = [None] * len(requests)
         for params, members in groups.items():
             batch = [self.tokenizer.convert_ids_to_tokens(requests[i].prompt_ids) for i in members]
@@ -71,8 +74,6 @@ class CTranslate2GeneratorBackend(LLMBackend):
         return samples  # type: ignore[return-value]
 
     def _batch(self, batch: list[list[str]], p) -> list[Sample]:
-        import ctranslate2
-
         kwargs: dict[str, Any] = dict(
             max_length=p.max_tokens, min_length=p.max_tokens if p.ignore_eos else p.min_tokens,
             include_prompt_in_result=False, return_scores=False, repetition_penalty=p.repetition_penalty,
@@ -82,10 +83,7 @@ class CTranslate2GeneratorBackend(LLMBackend):
         else:
             vocab_top_k = p.top_k if p.top_k > 0 else 0
             kwargs.update(sampling_topk=vocab_top_k, sampling_topp=p.top_p, sampling_temperature=p.temperature)
-        with _SEED_LOCK:
-            if p.seed is not None:
-                ctranslate2.set_random_seed(p.seed)
-            results = self.generator.generate_batch(batch, **kwargs)
+        results = self.generator.generate_batch(batch, **kwargs)
         out = []
         for r in results:
             ids = [i for i in r.sequences_ids[0] if i not in self.eos_ids]

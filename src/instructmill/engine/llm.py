@@ -340,6 +340,20 @@ class LLMBackend(ABC):
         """Release the engine (default: nothing)."""
 
 
+def context_length(requested: int | None, model_limit: int | None, model: str) -> int:
+    """The ``max_model_len`` to use: the requested one, refused if the model's positions are fewer.
+
+    Raises:
+        OptionError: ``requested`` exceeds the model's ``max_position_embeddings``.
+    """
+    if requested is None:
+        return int(model_limit or 2048)
+    if model_limit is not None and requested > model_limit:
+        raise OptionError("max_model_len", requested,
+                          f"{model} has positions for {model_limit} tokens only")
+    return requested
+
+
 def _adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer puts BOS in front of plain text (Llama does; SmolLM2/Qwen2 don't)."""
     bos = tokenizer.bos_token_id

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from .ct2_generator_backend import _eos_ids
-from .llm import LLMBackend, LLMEngineOptions, Request, Sample
+from .llm import LLMBackend, LLMEngineOptions, Request, Sample, context_length
 
 
 class TransformersLLMBackend(LLMBackend):
@@ -41,8 +41,8 @@ class TransformersLLMBackend(LLMBackend):
         self.hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype,
                                                        trust_remote_code=opts.trust_remote_code).to(self.device).eval()
         self.model = str(model)
-        config_len = int(getattr(self.hf.config, "max_position_embeddings", 2048) or 2048)
-        self.max_model_len = min(opts.max_model_len or config_len, config_len)
+        self.max_model_len = context_length(opts.max_model_len,
+                                            getattr(self.hf.config, "max_position_embeddings", None), str(model))
         self.eos_ids = _eos_ids(str(model), self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.dtype = str(dtype).replace("torch.", "")

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from ..errors import InstructmillError
-from .llm import LLMBackend, LLMEngineOptions, Request, Sample
+from .llm import LLMBackend, LLMEngineOptions, Request, Sample, context_length
 
 _OOM_HINTS = ("out of memory", "memory", "kv cache", "insufficient", "allocate")
 
@@ -33,6 +33,17 @@ def _on_cpu(options: LLMEngineOptions) -> bool:
         return not torch.cuda.is_available()
     except ImportError:  # pragma: no cover - vllm always brings torch
         return True
+
+
+def _config_positions(model: str) -> int | None:
+    import json
+    from pathlib import Path
+
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None  # a hub id: vLLM checks it itself
+    value = json.loads(config.read_text()).get("max_position_embeddings")
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 class VLLMBackend(LLMBackend):
@@ -69,7 +80,7 @@ class VLLMBackend(LLMBackend):
             enforce_eager=cpu if opts.enforce_eager is None else opts.enforce_eager,
         )
         if opts.max_model_len is not None:
-            kwargs["max_model_len"] = opts.max_model_len
+            kwargs["max_model_len"] = context_length(opts.max_model_len, _config_positions(model), str(model))
         if opts.enable_prefix_caching is not None:
             kwargs["enable_prefix_caching"] = opts.enable_prefix_caching
         if not cpu:
