@@ -28,9 +28,10 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 
 from ..errors import OptionError
 
-#: A prompt: plain text (sent as is, the tokenizer adds BOS) or chat ``messages``
-#: (``[{"role": "user", "content": "..."}]``) rendered with the model's chat template.
-Prompt = Union[str, Sequence[dict]]
+#: A prompt: plain text (sent as is, the tokenizer adds BOS), chat ``messages``
+#: (``[{"role": "user", "content": "..."}]``) rendered with the model's chat template, or token ids
+#: (``list[int]``, used as given).
+Prompt = Union[str, Sequence[dict], Sequence[int]]
 
 STATUS_OK = "ok"
 STATUS_EMPTY_PROMPT = "empty_prompt"
@@ -233,6 +234,8 @@ class LLMBackend(ABC):
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of ``prompt``: chat template for messages; one BOS at most at the start."""
         tok = self.tokenizer
+        if _is_token_ids(prompt):
+            return list(prompt)  # type: ignore[arg-type]
         if isinstance(prompt, str):
             ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
         else:
@@ -250,6 +253,8 @@ class LLMBackend(ABC):
     def is_empty(prompt: Prompt) -> bool:
         if isinstance(prompt, str):
             return not prompt.strip()
+        if _is_token_ids(prompt):
+            return len(prompt) == 0
         return not any(str(m.get("content") or "").strip() for m in prompt)
 
     def decode(self, token_ids: list[int]) -> str:
@@ -352,6 +357,10 @@ def context_length(requested: int | None, model_limit: int | None, model: str) -
         raise OptionError("max_model_len", requested,
                           f"{model} has positions for {model_limit} tokens only")
     return requested
+
+
+def _is_token_ids(prompt: Any) -> bool:
+    return not isinstance(prompt, str) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt)
 
 
 def _adds_bos(tokenizer: Any) -> bool:
