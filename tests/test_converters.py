@@ -322,8 +322,10 @@ def test_hub_id_offline_says_how_to_use_a_folder(tmp_path, monkeypatch):
 # --- registry ----------------------------------------------------------------------------------
 
 def test_registry_lookup_and_registration():
-    assert supported_architectures() == {"M2M100ForConditionalGeneration": "m2m100",
-                                         "MarianMTModel": "marian"}
+    archs = supported_architectures()
+    assert {a: archs[a] for a in ("M2M100ForConditionalGeneration", "MarianMTModel")} == {
+        "M2M100ForConditionalGeneration": "m2m100", "MarianMTModel": "marian"}
+    assert archs["LlamaForCausalLM"] != "marian"  # decoder LLMs registered beside them
     assert find_converter({"architectures": ["MarianMTModel"]}).name == "marian"
     assert find_converter({"model_type": "m2m_100"}).name == "m2m100"  # no architectures
     with pytest.raises(ConversionError):  # a known model_type with another head is refused

@@ -188,10 +188,17 @@ def convert_model(
     min_token_agreement: float = DEFAULT_MIN_TOKEN_AGREEMENT,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> ConversionResult:
-    """Convert an HF translation model to a verified CTranslate2 folder.
+    """Convert an HF translation model or decoder-only LLM to a verified CTranslate2 folder.
+
+    Translation models (Marian, M2M100/NLLB) get manifest ``kind = "translation"`` and are
+    checked with ``Translator.translate_batch``; decoder LLMs (Llama, Mistral, Qwen2/3,
+    Gemma 1/2/3; see :func:`supported_architectures`) get ``kind = "generation"``, their
+    tokenizer and chat template copied, and are checked with ``Generator.generate_batch`` on
+    chat-formatted prompts.
 
     Args:
-        model: a local HF model folder or a hub id (``"Helsinki-NLP/opus-mt-en-de"``).
+        model: a local HF model folder or a hub id (``"Helsinki-NLP/opus-mt-en-de"``,
+            ``"HuggingFaceTB/SmolLM2-135M-Instruct"``).
         output_dir: the folder to create (model.bin, vocabulary, tokenizer files,
             ``instructmill.json``).
         quantization: weight type, one of :data:`QUANTIZATIONS`.
@@ -272,8 +279,11 @@ def convert_model(
         staged = work / "model"
         _ct2_convert(model_dir, staged, quantization, converter, trust_remote_code, copy_files)
         vocab = _ct2_vocabulary(staged)
-        decoding = _decoding(model_dir, config, vocab, tokenizer,
-                             getattr(tokenizer, "pad_token", None))
+        decoding = converter.decoding(model_dir, config, vocab, tokenizer)
+        if decoding is None:
+            decoding = _decoding(model_dir, config, vocab, tokenizer,
+                                 getattr(tokenizer, "pad_token", None))
+        converter.finalize_output(model_dir, staged, tokenizer)
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "kind": converter.kind,
@@ -345,7 +355,10 @@ def _verify(model_dir: Path, staged: Path, work: Path, converter: Converter, tok
              + ("" if f32_ok else " (must be all; " + "; ".join(exact.mismatches) + ")"),
              f"{quantization} (compute type {compute_type}): {quant.exact_matches}/"
              f"{quant.sentences} identical, token agreement {quant.token_agreement:.3f} "
-             f"(minimum {min_agreement})"
+             + (f"(teacher-forced; prefix agreement {quant.prefix_agreement:.3f}) "
+                if converter.kind == "generation" and quant.prefix_agreement is not None
+                else "")
+             + f"(minimum {min_agreement})"
              + ("" if q_ok else " - too low; " + "; ".join(quant.mismatches[:3]))]
     return VerificationReport(passed=f32_ok and q_ok, compute_type=compute_type,
                               sentences=quant.sentences, exact_matches=quant.exact_matches,

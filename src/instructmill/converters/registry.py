@@ -5,8 +5,8 @@ Each architecture family is one small :class:`Converter` subclass registered wit
 architecture name first, then ``model_type``); an unknown model raises a
 :class:`~instructmill.errors.ConversionError` that lists what is supported.
 
-Built-in converters live in :mod:`instructmill.converters.seq2seq` (MarianMT, M2M100/NLLB); later
-kinds (decoder LLMs, GGUF) register the same way.
+Built-in converters live in :mod:`instructmill.converters.seq2seq` (MarianMT, M2M100/NLLB) and
+:mod:`instructmill.converters.decoder` (decoder-only LLMs: Llama, Mistral, Qwen2/3, Gemma 1/2/3).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class Converter:
 
     Attributes:
         name: short name (e.g. ``"marian"``).
-        kind: what the converted model does (``"translation"``; later ``"generation"``).
+        kind: what the converted model does (``"translation"`` or ``"generation"``).
         architectures: ``config.architectures[0]`` values handled.
         model_types: ``config.model_type`` values handled (fallback when no architectures).
         tokenizer_files: files copied next to ``model.bin`` when they exist.
@@ -99,6 +99,17 @@ class Converter:
         """Tokenize ``sentences`` for both engines (see :class:`VerificationBatch`)."""
         raise NotImplementedError
 
+    def decoding(self, model_dir: Path, config: dict[str, Any], vocab: set[str],
+                 tokenizer: Any) -> dict[str, Any] | None:
+        """The manifest's ``decoding`` entry, or ``None`` for the translation defaults (mapped
+        from ``generation_config.json`` by :mod:`instructmill.converters.base`)."""
+        return None
+
+    def finalize_output(self, model_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+        """Adjust the converted folder ``out_dir`` before the manifest is written (default:
+        nothing)."""
+        return None
+
 
 def register(cls: type[Converter]) -> type[Converter]:
     """Class decorator: register ``cls`` for its ``architectures`` and ``model_types``.
@@ -118,7 +129,7 @@ def register(cls: type[Converter]) -> type[Converter]:
 
 
 def _load_builtins() -> None:
-    from . import seq2seq  # noqa: F401  (registers the built-in converters)
+    from . import decoder, seq2seq  # noqa: F401  (registers the built-in converters)
 
 
 def supported_architectures() -> dict[str, str]:
