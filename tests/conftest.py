@@ -34,3 +34,32 @@ def tiny_marian_pair(tmp_path_factory) -> tuple[Path, Path]:
         forward = build_marian(root / "opus-mt-en-xx", seed=0)
         backward = build_marian(root / "opus-mt-xx-en", seed=0, inverse=True)
     return forward, backward
+
+
+@pytest.fixture(scope="session")
+def embedded_llm(tmp_path_factory):
+    """The embedded SmolLM2-135M-Instruct as ``{"hf": folder, "ct2": folder}``, converted once per session.
+
+    Uses a session cache folder (``INSTRUCTMILL_CACHE``) so every test that needs the real model shares
+    one GGUF -> HF -> CTranslate2 conversion (~1-2 min on 2 cores).
+    """
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+        pytest.skip("the embedded LLM needs the gguf and accelerate packages")
+    from instructmill.models.llm import resolve_llm
+
+    # INSTRUCTMILL_TEST_CACHE lets a developer keep the conversion between test sessions.
+    cache = Path(os.environ.get("INSTRUCTMILL_TEST_CACHE") or tmp_path_factory.mktemp("embedded-llm-cache"))
+    old = os.environ.get("INSTRUCTMILL_CACHE")
+    os.environ["INSTRUCTMILL_CACHE"] = str(cache)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield {"hf": resolve_llm(None, fmt="hf"), "ct2": resolve_llm(None, fmt="ct2"), "cache": cache}
+    finally:
+        if old is None:
+            os.environ.pop("INSTRUCTMILL_CACHE", None)
+        else:
+            os.environ["INSTRUCTMILL_CACHE"] = old

