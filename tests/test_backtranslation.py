@@ -174,3 +174,31 @@ def test_several_pivots_give_one_record_each():
     out = list(bt.process([InputRecord("r1", 1, {"instruction": "Fill the kettle."}, "alpaca")]))
     assert [(r.id, r.settings["pivot"]) for r in out] == [("r1:de", "de"), ("r1:fr", "fr")]
     assert all(r.extra["source_id"] == "r1" for r in out)
+
+
+def test_resume_with_several_pivots_skips_done_inputs(tmp_path):
+    import json
+
+    from instructmill.errors import ResumeError
+    from instructmill.io.readers import read_records
+    from instructmill.io.run import open_run
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "instruction": "Fill the kettle."}) + "\n" for i in range(3)))
+    bt = BackTranslator(models={"de": fake_pair(), "fr": fake_pair()},
+                        options=BackTranslationOptions(pivots=("de", "fr")))
+    out = tmp_path / "out.jsonl"
+    with open_run(out, input_path=src, settings={"x": 1}) as run:
+        first = list(bt.process(list(read_records(src))[:1]))
+        run.write(first)
+    with open_run(out, input_path=src, settings={"x": 1}, resume=True) as run:
+        todo = list(run.pending(read_records(src), bt.output_ids))
+        assert [r.id for r in todo] == ["r1", "r2"]
+        run.write(list(bt.process(todo)))
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == ["r0:de", "r0:fr", "r1:de", "r1:fr", "r2:de", "r2:fr"]
+    # an input written for one pivot only cannot be resumed silently
+    out.write_text("\n".join(line for line in out.read_text().splitlines() if '"r2:fr"' not in line) + "\n")
+    with open_run(out, input_path=src, settings={"x": 1}, resume=True) as run:
+        with pytest.raises(ResumeError, match="r2"):
+            list(run.pending(read_records(src), bt.output_ids))

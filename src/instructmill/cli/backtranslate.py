@@ -52,7 +52,7 @@ def backtranslate(input_path, output, fmt, input_format, id_field, resume, overw
                         options=options, batching=batching, ct2_options=ct2, allow_unverified=allow_unverified)
     summary = run_records(input_path=input_path, output=output, fmt=fmt, input_format=input_format,
                           id_field=id_field, resume=resume, overwrite=overwrite, strict=strict, limit=limit,
-                          settings=bt.settings(), process=bt.process)
+                          settings=bt.settings(), process=bt.process, output_ids=bt.output_ids)
     tokens = sum(b.stats.target_tokens for pair in bt.models.values() for b in pair)
     segments = sum(b.stats.segments for pair in bt.models.values() for b in pair)
     speed = tokens / bt.seconds if bt.seconds else 0.0

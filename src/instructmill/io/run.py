@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from instructmill.errors import OptionError, ResumeError
 from instructmill.io.readers import ReadError
@@ -224,13 +224,25 @@ class Run:
 
     # ------------------------------------------------------------------ flow
 
-    def pending(self, records: Iterable[_HasId]) -> Iterator[Any]:
-        """Yield the records whose id is not done yet (counting read and skipped ones)."""
+    def pending(self, records: Iterable[_HasId],
+                output_ids: Callable[[str], Sequence[str]] | None = None) -> Iterator[Any]:
+        """Yield the records that are not done yet (counting read and skipped ones).
+
+        ``output_ids(input_id)`` lists the ids a method writes for one input (default: the input
+        id itself; e.g. ``["r1:de", "r1:fr"]`` for back-translation through two pivots). A record
+        is done when all of them are written; a record done only in part raises ``ResumeError``
+        rather than writing an id twice.
+        """
         for record in records:
             self._read += 1
-            if record.id in self.done_ids:
+            wanted = list(output_ids(record.id)) if output_ids else [record.id]
+            done = [i for i in wanted if i in self.done_ids]
+            if len(done) == len(wanted):
                 self._skipped += 1
                 continue
+            if done:
+                raise ResumeError(f"record {record.id!r} was written only in part ({', '.join(done)}); "
+                                  "pass --overwrite to start over")
             yield record
 
     def write(self, out_records: Sequence[OutputRecord]) -> None:

@@ -190,6 +190,12 @@ class BackTranslator:
             "engines": {pivot: [fwd.settings(), bwd.settings()] for pivot, (fwd, bwd) in self.models.items()},
         }
 
+    def output_ids(self, record_id: str) -> list[str]:
+        """Ids of the records written for one input: the id itself, or ``"<id>:<pivot>"`` per pivot."""
+        if len(self.options.pivots) > 1:
+            return [f"{record_id}:{pivot}" for pivot in self.options.pivots]
+        return [record_id]
+
     def record_settings(self, pivot: str) -> dict[str, Any]:
         """The compact provenance each output record carries (the full one is in the run state)."""
         forward, backward = self.models[pivot]
@@ -224,7 +230,6 @@ class BackTranslator:
                 examples.append(to_example(record))
             except RecordError as exc:
                 examples.append(exc)
-        multi = len(self.options.pivots) > 1
         per_pivot: dict[str, list[Paraphrase]] = {}
         for pivot in self.options.pivots:
             texts = [ex.get(f) if isinstance(ex, Example) else "" for ex in examples
@@ -233,7 +238,7 @@ class BackTranslator:
         n_fields = len(self.options.fields)
         for i, (record, example) in enumerate(zip(chunk, examples)):
             for pivot in self.options.pivots:
-                rid = f"{record.id}:{pivot}" if multi else record.id
+                rid = self.output_ids(record.id)[self.options.pivots.index(pivot)]
                 record_settings = self.record_settings(pivot)
                 if isinstance(example, RecordError):
                     yield OutputRecord(rid, Example(instruction=""), "invalid_record", self.method,
