@@ -17,6 +17,11 @@ COMMANDS = {
     "template": "instructmill.cli.template:template",
     "backtranslate": "instructmill.cli.backtranslate:backtranslate",
     "convert": "instructmill.converters.cli:convert",
+    "models": "instructmill.models.cli:models",
+    "self-instruct": "instructmill.cli.generate_methods:self_instruct",
+    "humpback": "instructmill.cli.generate_methods:humpback",
+    "evolve": "instructmill.cli.generate_methods:evolve",
+    "generate": "instructmill.cli.generate:generate",
 }
 
 

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from ..errors import InstructmillError
-from .llm import LLMBackend, LLMEngineOptions, Request, Sample, context_length
+from .llm import LLMBackend, LLMEngineOptions, Request, Sample, SamplingOptions, context_length
 
 _OOM_HINTS = ("out of memory", "memory", "kv cache", "insufficient", "allocate")
 
@@ -44,6 +44,19 @@ def _config_positions(model: str) -> int | None:
         return None  # a hub id: vLLM checks it itself
     value = json.loads(config.read_text()).get("max_position_embeddings")
     return int(value) if isinstance(value, (int, float)) else None
+
+
+def sampling_params(p: SamplingOptions, **extra: Any):
+    """vLLM ``SamplingParams`` for one :class:`~instructmill.engine.llm.SamplingOptions` (n == 1).
+
+    ``top_k=0`` (off) becomes vLLM's ``-1``; ``extra`` adds vLLM-only fields (e.g. ``output_kind``).
+    """
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k if p.top_k > 0 else -1,
+        max_tokens=p.max_tokens, min_tokens=p.min_tokens, seed=p.seed, stop=list(p.stop) or None,
+        repetition_penalty=p.repetition_penalty, ignore_eos=p.ignore_eos, **extra)
 
 
 class VLLMBackend(LLMBackend):
@@ -111,15 +124,10 @@ class VLLMBackend(LLMBackend):
         self.dtype = dtype
 
     def _generate(self, requests: list[Request]) -> list[Sample]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests]
-        params = [SamplingParams(
-            n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k if p.top_k > 0 else -1,
-            max_tokens=p.max_tokens, min_tokens=p.min_tokens, seed=p.seed, stop=list(p.stop) or None,
-            repetition_penalty=p.repetition_penalty, ignore_eos=p.ignore_eos)
-            for p in (r.params for r in requests)]
+        params = [sampling_params(r.params) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         samples = []
         for out in outputs:

@@ -1,0 +1,387 @@
+"""Stage adapters: each method of instructmill as a pipeline stage.
+
+Records travel between stages as :class:`Item` objects (an
+:class:`~instructmill.records.OutputRecord`, plus the source row while the record is still the
+row as read). A stage takes the items whose status it wants (``ok``; the ``filter`` stage takes
+the statuses it is told to accept), runs its method on a *window* of them and gives back
+``fanout`` output records per item, in item order; every other item passes through unchanged,
+in place, so each sink gets its discards with their reasons and the stream keeps its order.
+
+Two kinds of stage:
+
+* :class:`MapStage`: record in, ``fanout`` records out (template, respond, humpback, evolve,
+  back-translate, filter, dedup). Stateless methods may run several windows at once
+  (``concurrency``); ``dedup`` keeps an index, so it runs one window at a time and rebuilds
+  the index on resume with :meth:`MapStage.replay`.
+* :class:`GeneratorStage`: Self-Instruct: reads all seed tasks, then yields rounds.
+
+:data:`METHODS` describes every method (options dataclass, engine type, window option), so the
+spec (:mod:`instructmill.pipeline.spec`) validates stage options against the same dataclasses
+that the Python API uses.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+from ..errors import OptionError
+from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from .specfile import option_fields
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engines import EngineRegistry
+    from .spec import StageSpec
+
+__all__ = ["ALIASES", "METHODS", "GeneratorStage", "Item", "MapStage", "MethodInfo", "TemplateOptions",
+           "build_stage", "canonical_method", "option_fields", "plain"]
+
+
+# ----------------------------------------------------------------------------- items
+
+@dataclass
+class Item:
+    """One record on its way through the pipeline.
+
+    Attributes:
+        record: the record as it is now (``status != "ok"``: it goes to the sinks' discards).
+        raw: the source row, while the record is still that row (template / humpback read raw
+            fields); ``None`` once a stage has rewritten the record.
+        error: why the source row has no usable example (a sink writes such a row as
+            ``invalid_record``; a template stage does not need the example).
+    """
+
+    record: OutputRecord
+    raw: InputRecord | None = None
+    error: str | None = None
+
+    def as_input(self) -> InputRecord:
+        """The record as a method's input: the source row, or an Alpaca-shaped row of the example."""
+        if self.raw is not None:
+            return self.raw
+        ex = self.record.example
+        fields_: dict[str, Any] = {"id": self.record.id, "instruction": ex.instruction, "input": ex.input,
+                                   "output": ex.output}
+        if ex.system:
+            fields_["system"] = ex.system
+        if ex.history:
+            fields_["history"] = [list(turn) for turn in ex.history]
+        return InputRecord(id=self.record.id, line=0, fields=fields_, shape="alpaca")
+
+
+# --------------------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class TemplateOptions:
+    """Options of the ``template`` stage.
+
+    Attributes:
+        template: a built-in template name (alpaca, translate, summarize, classify, rewrite, qa) or
+            a template file (relative to the pipeline file).
+        variables: values for the template's names; they win over row fields.
+        strict: stop the pipeline at the first row that cannot be rendered (default: the row
+            becomes a ``template_error`` record).
+    """
+
+    template: str
+    variables: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.template, str) or not self.template.strip():
+            raise OptionError("template", self.template, "name a built-in template or a template file")
+
+
+def _dedup_options() -> type:
+    from .dedup import DedupOptions
+
+    return DedupOptions
+
+
+def _lazy(module: str, name: str) -> Callable[[], type]:
+    def load() -> type:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return load
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the pipeline needs to know about a method.
+
+    Attributes:
+        name: the method's name in pipeline files.
+        engine: ``"llm"``, ``"translation"`` or ``None`` (no engine).
+        options: loads the options dataclass (stage keys are its fields).
+        exclude: option fields that come from elsewhere (the translation engine's languages).
+        window_field: the option that sizes a window (records per method call); ``None``: the
+            pipeline's ``settings.window``.
+        generator: the stage generates records from all of its input (Self-Instruct).
+        stateful: the stage remembers earlier records (dedup): one window at a time, replayed on
+            resume.
+        concurrency: windows in flight by default.
+        description: one line for ``--help`` and error messages.
+    """
+
+    name: str
+    engine: str | None
+    options: Callable[[], type]
+    exclude: tuple[str, ...] = ()
+    window_field: str | None = None
+    generator: bool = False
+    stateful: bool = False
+    concurrency: int = 1
+    description: str = ""
+
+
+METHODS: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("template", None, lambda: TemplateOptions,
+               description="fill a jinja2 instruction template from each row"),
+    MethodInfo("self-instruct", "llm", _lazy("instructmill.methods.self_instruct", "SelfInstructOptions"),
+               generator=True, description="bootstrap new instructions from seed tasks (Wang et al. 2022)"),
+    MethodInfo("respond", "llm", _lazy("instructmill.methods.respond", "RespondOptions"),
+               window_field="records_per_batch", concurrency=4,
+               description="the LLM writes each instruction's output"),
+    MethodInfo("humpback", "llm", _lazy("instructmill.methods.humpback", "HumpbackOptions"),
+               window_field="records_per_batch", concurrency=4,
+               description="instruction back-translation with self-curation (Li et al. 2023)"),
+    MethodInfo("evolve", "llm", _lazy("instructmill.methods.evol", "EvolOptions"),
+               window_field="records_per_batch", concurrency=4,
+               description="Evol-Instruct in-depth / in-breadth rewriting (Xu et al. 2023)"),
+    MethodInfo("back-translate", "translation", _lazy("instructmill.methods.backtranslation",
+                                                      "BackTranslationOptions"),
+               exclude=("source_lang", "pivots"), window_field="chunk_size",
+               description="paraphrase fields by round-trip translation"),
+    MethodInfo("filter", None, _lazy("instructmill.pipeline.filters", "FilterOptions"),
+               description="length / keyword / regex / status rules"),
+    MethodInfo("dedup", None, _dedup_options, stateful=True,
+               description="exact and near-duplicate removal across the whole stream"),
+)}
+
+#: Other spellings accepted for method names.
+ALIASES = {"self_instruct": "self-instruct", "selfinstruct": "self-instruct", "back_translate": "back-translate",
+           "backtranslate": "back-translate", "backtranslation": "back-translate", "evol": "evolve",
+           "evol-instruct": "evolve", "evol_instruct": "evolve", "deduplicate": "dedup", "response": "respond"}
+
+
+def canonical_method(name: str) -> str | None:
+    """The method's canonical name, or ``None`` when unknown."""
+    key = name.strip().lower()
+    if key in METHODS:
+        return key
+    key = ALIASES.get(key, ALIASES.get(key.replace("-", "_"), key.replace("_", "-")))
+    return key if key in METHODS else None
+
+
+# ---------------------------------------------------------------------------- adapters
+
+class MapStage:
+    """A record-to-records method as a stage.
+
+    Args:
+        name: the stage's name.
+        method: the method's name (:data:`METHODS`).
+        process: ``process(items) -> list[OutputRecord]``: ``fanout`` outputs per item, in order.
+        fanout: outputs per wanted item.
+        window: wanted items per method call.
+        concurrency: windows in flight.
+        wants: which records the stage takes (default: status ``ok``).
+        replay: rebuilds the stage's state from outputs it wrote before a crash (dedup).
+        summary: the method's counters for the report.
+        close: releases what the method holds.
+    """
+
+    generator = False
+
+    def __init__(self, name: str, method: str, process: Callable[[list[Item]], list[OutputRecord]], *,
+                 fanout: int = 1, window: int = 256, concurrency: int = 1,
+                 wants: Callable[[OutputRecord], bool] | None = None,
+                 replay: Callable[[list[OutputRecord]], None] | None = None,
+                 summary: Callable[[], dict[str, Any]] | None = None,
+                 close: Callable[[], None] | None = None):
+        self.name = name
+        self.method = method
+        self._process = process
+        self.fanout = fanout
+        self.window = window
+        self.concurrency = concurrency
+        self._wants = wants
+        self._replay = replay
+        self._summary = summary
+        self._close = close
+        self.stateful = replay is not None
+        #: the method reads the record's example (not the source row): rows without a usable
+        #: example pass through and reach the sinks as ``invalid_record``
+        self.needs_example = method in ("filter", "dedup")
+
+    def wants(self, item: Item) -> bool:
+        """Whether the stage processes ``item`` (else it passes through unchanged)."""
+        if item.error is not None and self.needs_example:
+            return False
+        if self._wants is not None:
+            return self._wants(item.record)
+        return item.record.status == STATUS_OK
+
+    def process(self, items: list[Item]) -> list[OutputRecord]:
+        """Outputs of ``items`` (all wanted): ``fanout`` per item, in item order.
+
+        Raises:
+            RuntimeError: the method returned another number of records (a bug).
+        """
+        if not items:
+            return []
+        outputs = self._process(items)
+        if len(outputs) != self.fanout * len(items):
+            raise RuntimeError(f"stage {self.name!r} ({self.method}) returned {len(outputs)} records for "
+                               f"{len(items)} inputs (expected {self.fanout} each)")
+        return outputs
+
+    def replay(self, outputs: list[OutputRecord]) -> None:
+        """Give back outputs written before a crash, in order (rebuilds state; default: nothing)."""
+        if self._replay is not None:
+            self._replay(outputs)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self._summary()) if self._summary is not None else {}
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+class GeneratorStage:
+    """Self-Instruct as a stage: all seeds in, rounds of records out.
+
+    ``run(seeds, done)`` yields one list per round; ``done`` holds the records of the rounds
+    written before a crash (``{"id", "status", "instruction", "extra"}``), so the pool is
+    rebuilt and generation continues with the next round's seeds.
+    """
+
+    generator = True
+    concurrency = 1
+    stateful = True
+
+    def __init__(self, name: str, method: Any, num_instructions: int):
+        self.name = name
+        self.method_obj = method
+        self.method = "self-instruct"
+        self.num_instructions = num_instructions
+
+    def run(self, seeds: list[Example], done: list[dict[str, Any]]) -> Iterator[list[OutputRecord]]:
+        return self.method_obj.run(seeds, self.num_instructions, done=done)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.method_obj.summary)
+
+    def close(self) -> None:
+        pass
+
+
+def _chunked_process(method: Any) -> Callable[[list[Item]], list[OutputRecord]]:
+    def run(items: list[Item]) -> list[OutputRecord]:
+        return list(method.process(item.as_input() for item in items))
+
+    return run
+
+
+def _base_dir_path(base_dir: str | os.PathLike[str], value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(base_dir) / path)
+
+
+def build_stage(spec: StageSpec, engines: EngineRegistry, *, base_dir: str | os.PathLike[str] = ".",
+                default_window: int = 256) -> MapStage | GeneratorStage:
+    """The stage for ``spec``, its engine client taken from ``engines`` (shared per engine).
+
+    Raises:
+        OptionError / TemplateError: the method refuses its options (e.g. a template file with
+            invalid syntax).
+    """
+    info = METHODS[spec.method]
+    options = spec.options
+    window = getattr(options, info.window_field) if info.window_field else default_window
+    concurrency = spec.concurrency or info.concurrency
+    name = spec.name
+
+    if spec.method == "template":
+        from ..methods.template import TemplateFiller, builtin_templates, load_template
+
+        builtin = options.template in builtin_templates() and "/" not in options.template
+        ref = options.template if builtin else _base_dir_path(base_dir, options.template)
+        filler = TemplateFiller(load_template(ref), variables=options.variables or None)
+
+        def fill(items: list[Item]) -> list[OutputRecord]:
+            return list(filler.fill((item.as_input() for item in items), strict=options.strict))
+
+        return MapStage(name, spec.method, fill, window=window, concurrency=concurrency)
+
+    if spec.method == "self-instruct":
+        from ..methods.self_instruct import SelfInstruct
+
+        return GeneratorStage(name, SelfInstruct(engines.llm_client(spec.engine, name), options),
+                              spec.num_instructions or 100)
+
+    if spec.method in ("respond", "humpback", "evolve"):
+        if spec.method == "respond":
+            from ..methods.respond import Responder as cls
+        elif spec.method == "humpback":
+            from ..methods.humpback import Humpback as cls
+        else:
+            from ..methods.evol import Evolver as cls
+        method = cls(engines.llm_client(spec.engine, name), options)
+        fanout = options.rounds if spec.method == "evolve" else 1
+        return MapStage(name, spec.method, _chunked_process(method), fanout=fanout, window=window,
+                        concurrency=concurrency, summary=lambda: method.summary)
+
+    if spec.method == "back-translate":
+        from ..methods.backtranslation import BackTranslator
+
+        engine = engines.spec(spec.engine)
+        bt_options = replace(options, source_lang=engine.source_lang, pivots=tuple(engine.pivots))
+        translator = BackTranslator(models=engines.translation_clients(spec.engine, name), options=bt_options,
+                                    batching=engine.batching)
+        return MapStage(name, spec.method, _chunked_process(translator), fanout=len(engine.pivots),
+                        window=window, concurrency=concurrency,
+                        summary=lambda: {"seconds": round(translator.seconds, 3)})
+
+    if spec.method == "filter":
+        from .filters import RecordFilter
+
+        rules = RecordFilter(options)
+        return MapStage(name, spec.method, lambda items: [rules.apply(item.record) for item in items],
+                        window=window, concurrency=concurrency, wants=rules.wants)
+
+    if spec.method == "dedup":
+        from .dedup import Deduplicator
+
+        dedup = Deduplicator(options)
+
+        def run(items: list[Item]) -> list[OutputRecord]:
+            return list(dedup.process(item.record for item in items))
+
+        def replay(outputs: list[OutputRecord]) -> None:
+            kept = [rec for rec in outputs if rec.status == STATUS_OK]
+            if not kept:
+                return
+            dedup.replay(kept)
+
+        return MapStage(name, spec.method, run, window=window, concurrency=1, replay=replay,
+                        summary=dedup.stats)
+
+    raise OptionError("method", spec.method, f"choose one of {', '.join(METHODS)}")  # pragma: no cover
+
+
+def plain(value: Any) -> Any:
+    """``value`` with dataclasses, tuples and mappings turned into JSON-ready values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
