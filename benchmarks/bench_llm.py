@@ -63,7 +63,7 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def bench_vllm(model: str, prompts: list[list[int]], out_len: int, max_len: int) -> list[dict]:
+def bench_vllm(model: str, prompts: list[list[int]], out_len: int, max_len: int, rounds: int = 3) -> list[dict]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -75,16 +75,24 @@ def bench_vllm(model: str, prompts: list[list[int]], out_len: int, max_len: int)
         params = SamplingOptions(temperature=0, max_tokens=out_len, ignore_eos=True)
         raw_params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
         token_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-        warm = token_prompts[:4]
-        backend.llm.generate(warm, raw_params, use_tqdm=False)
+        backend.llm.generate(token_prompts, raw_params, use_tqdm=False)  # warm-up: the whole workload once
         rows = []
-        for _ in range(1):
+        best: dict[str, tuple[int, float]] = {}
+        # Interleaved rounds, fastest run of each counts: the machine is shared, and contention
+        # only ever slows a run down.
+        for _ in range(rounds):
             ours, ours_s = timed(lambda: backend.generate(prompts, params))
             raw, raw_s = timed(lambda: backend.llm.generate(token_prompts, raw_params, use_tqdm=False))
-            rows.append(("instructmill_vllm", sum(len(r.samples[0].token_ids) for r in ours), ours_s,
-                         {"path": "VLLMBackend.generate", "chunk_size": 4 * backend.options.max_num_seqs}))
-            rows.append(("vllm_raw", sum(len(o.outputs[0].token_ids) for o in raw), raw_s,
-                         {"path": "LLM.generate, all prompts in one call"}))
+            for name, tokens, seconds in (
+                    ("instructmill_vllm", sum(len(r.samples[0].token_ids) for r in ours), ours_s),
+                    ("vllm_raw", sum(len(o.outputs[0].token_ids) for o in raw), raw_s)):
+                if name not in best or seconds < best[name][1]:
+                    best[name] = (tokens, seconds)
+        rows.append(("instructmill_vllm", *best["instructmill_vllm"],
+                     {"path": "VLLMBackend.generate", "chunk_size": 4 * backend.options.max_num_seqs,
+                      "rounds": rounds}))
+        rows.append(("vllm_raw", *best["vllm_raw"], {"path": "LLM.generate, all prompts in one call",
+                                                    "rounds": rounds}))
         return [dict(engine=e, output_tokens=t, seconds=s, settings={**st, "dtype": backend.dtype})
                 for e, t, s, st in rows]
     finally:
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--max-input-len", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="32 prompts x 32 tokens")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved vLLM rounds (fastest counts)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-ct2", action="store_true")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results.jsonl"))
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     prompts = sharegpt_prompts(tokenizer, args.prompts, args.max_input_len)
     max_len = max(map(len, prompts)) + args.output_len + 8
-    rows = bench_vllm(hf_dir, prompts, args.output_len, max_len)
+    rows = bench_vllm(hf_dir, prompts, args.output_len, max_len, args.rounds)
     if not args.skip_ct2:
         rows.append(bench_ct2(str(resolve_llm(args.model, fmt="ct2", quantization="float32")), tokenizer,
                               prompts, args.output_len, 32))
