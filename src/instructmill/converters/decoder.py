@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import Converter, VerificationBatch, register
+from .manifest import read_json_object as _read_json
 
 __all__ = ["DecoderConverter", "LlamaConverter", "MistralConverter", "Qwen2Converter",
            "Qwen3Converter", "GemmaConverter", "Gemma2Converter", "Gemma3TextConverter",
@@ -38,12 +39,6 @@ __all__ = ["DecoderConverter", "LlamaConverter", "MistralConverter", "Qwen2Conve
 _SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def eos_token_ids(model_dir: Path, config: dict[str, Any] | None = None) -> list[int]:

@@ -119,3 +119,12 @@ def load_verified_manifest(folder: str | Path, allow_unverified: bool = False) -
         reason = (f"its output did not match the {ver.get('reference', 'reference')} model "
                   f"when it was converted: {detail}")
     raise VerificationError(f"refusing to use {folder} because {reason}")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

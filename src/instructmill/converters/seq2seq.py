@@ -6,13 +6,12 @@ language pairs, tokenizer entries for the manifest, and inputs for verification.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConversionError
 from .registry import Converter, VerificationBatch, register
+from .manifest import read_json_object as _read_json
 
 __all__ = ["MarianConverter", "M2M100Converter", "parse_opus_mt_languages"]
 
@@ -31,12 +30,6 @@ def parse_opus_mt_languages(name: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @register

@@ -35,7 +35,6 @@ from __future__ import annotations
 import random
 import re
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
@@ -45,6 +44,7 @@ from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 from .llm_parsing import strip_label
 from .prompts import load_yaml, render
 from .rouge import rouge_l
+from .seeding import stable_seed as _seed
 
 __all__ = ["EVOL_OPERATIONS", "EvolOptions", "Evolver", "eliminate"]
 
@@ -176,9 +176,6 @@ def judge_equal(text: str) -> bool | None:
         return True
     return None
 
-
-def _seed(*parts: Any) -> int:
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 class Evolver:

@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
@@ -39,6 +38,7 @@ from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 from .llm_parsing import parse_score, strip_label
 from .prompts import render
+from .seeding import stable_seed as _seed
 
 __all__ = ["Humpback", "HumpbackOptions", "clean_instruction"]
 
@@ -106,9 +106,6 @@ def clean_instruction(text: str) -> str:
     text, _ = strip_label(text)
     return " ".join(text.split()).strip()
 
-
-def _seed(*parts: Any) -> int:
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 class Humpback:

@@ -46,7 +46,6 @@ import random
 import re
 import string
 import time
-import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Sequence
@@ -57,6 +56,7 @@ from ..records import STATUS_OK, Example, OutputRecord
 from .llm_parsing import PARSE_ERROR, ParsedTask, ParseResult, is_no_input, parse_tasks, unwrap_fence
 from .prompts import render
 from .rouge import RougeFilter
+from .seeding import stable_seed as _stable_seed
 
 __all__ = ["BLACKLIST", "SelfInstruct", "SelfInstructOptions", "check_instruction", "parse_sample"]
 
@@ -245,9 +245,6 @@ class _Candidate:
     detail: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-
-def _stable_seed(*parts: Any) -> int:
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 class SelfInstruct:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -47,6 +46,7 @@ from typing import Any
 
 from ..errors import ConversionError, ModelNotFoundError, OptionError
 from .cache import cache_dir
+from ..converters.manifest import read_json_object as _read_json
 
 __all__ = ["KnownLLM", "KNOWN_LLMS", "EMBEDDED_LLM", "EMBEDDED_ALIASES", "FORMATS",
            "resolve_llm", "fetch_llm", "fetch_gguf", "locate_gguf", "installed_gguf",
@@ -141,12 +141,6 @@ def _slug(text: str) -> str:
     return f"{last}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _hf_ready(folder: Path) -> bool:
