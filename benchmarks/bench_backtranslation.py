@@ -21,11 +21,14 @@ engine and greedy decoding everywhere:
   ``generate``, decode with ``skip_special_tokens``) run directly. Slow, so it runs on the first
   ``--pipeline-sentences`` sentences.
 
-Every engine is warmed up once on a few sentences, then timed; CTranslate2 engines are timed
-``--repeats`` times, interleaved (instructmill, raw 64, raw 3072, ...), and the fastest repeat
-counts (per-repeat figures are kept in the results). Target tokens are counted from each
-engine's actual output (no ``</s>``, no decoder-start token), so the comparison holds only when
-every engine produced ``sentences * output_tokens`` of them; the table shows the counts.
+Every engine is warmed up once on a few sentences, then timed. instructmill and the two raw
+variants run in ``--repeats`` interleaved rounds (more while a run was disturbed by other
+processes, see ``--max-repeats``); the fastest run of each counts and every round is kept in
+the results. Each timed run records the share of the machine's CPU that *other* processes used
+meanwhile (``/proc/stat``); ``--wait-quiet S`` waits for a quiet CPU before each run on a shared
+machine. Target tokens are counted from each engine's actual output (no ``</s>``, no
+decoder-start token), so the comparison holds only when every engine produced
+``sentences * output_tokens`` of them; the table shows the counts.
 
 Output: a table, the two targets of the issue (instructmill >= 0.95x ct2_raw_best and >= 3.5x
 hf_batched) as PASS/FAIL, and one JSON line per engine appended to ``--results``.
@@ -198,13 +201,15 @@ def _build(root: Path, recipe: dict[str, Any], log) -> None:
     t0 = time.perf_counter()
     candidates = extract_candidates(DATA)
     (root / "candidates.json").write_text(json.dumps(candidates, ensure_ascii=False), encoding="utf-8")
-    log(f"[build] {len(candidates)} candidate sentences from {DATA.name} ({time.perf_counter() - t0:.1f} s)")
+    log(f"[build] {len(candidates)} candidate sentences from {DATA.name} "
+        f"({time.perf_counter() - t0:.1f} s)")
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_marian(root / "hf", **OPUS_MT_EN_DE_SHAPE, weights="random", seed=recipe["seed"],
                      corpus=candidates)
-    log(f"[build] HF MarianMT folder, opus-mt-en-de shape, random weights ({time.perf_counter() - t0:.1f} s)")
+    log(f"[build] HF MarianMT folder, opus-mt-en-de shape, random weights "
+        f"({time.perf_counter() - t0:.1f} s)")
     for quant, name in (("int8", "ct2-int8"), ("float32", "ct2-float32")):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -525,7 +530,8 @@ def _ratio(a: float, b: float | None) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def report(measurements: list[Measurement], w: Workload, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+def report(measurements: list[Measurement], w: Workload,
+           args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """Build the JSON records and the printed lines (table + target checks)."""
     raw = [m for m in measurements if m.engine == "ct2_raw_best"]
     best_raw = max(raw, key=lambda m: m.tokens_per_s) if raw else None
@@ -576,7 +582,8 @@ def report(measurements: list[Measurement], w: Workload, args: argparse.Namespac
                 lines.append(f"target instructmill >= {target}x {name[3:]}: SKIPPED (not measured)")
 
     env = environment()
-    common = {"benchmark": "backtranslation", "date": utc_now(), "workload": w.name, "workload_detail": w.describe(),
+    common = {"benchmark": "backtranslation", "date": utc_now(), "workload": w.name,
+              "workload_detail": w.describe(),
               "versions": versions(), "cpu_model": env["cpu_model"], "cores": env["cores"],
               "environment": env, "git_sha": git_sha(), "git_dirty": git_dirty(),
               "argv": sys.argv[1:], "repeats": args.repeats,
@@ -636,33 +643,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sentences", type=int, default=512, help="sentences per engine (default 512)")
-    p.add_argument("--output-tokens", type=int, default=48, help="target tokens per sentence (default 48)")
+    p.add_argument("--output-tokens", type=int, default=48,
+                   help="target tokens per sentence (default 48)")
     p.add_argument("--pipeline-sentences", type=int, default=48,
                    help="sentences for the slow per-sentence pipeline (default 48)")
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--repeats", type=int, default=3,
                    help="timed rounds of instructmill and ct2_raw_best, interleaved; the fastest "
-                        "run of each counts (default 2)")
+                        "run of each counts (default 3)")
     p.add_argument("--max-repeats", type=int, default=6,
-                   help="extra rounds (up to this many) while a fastest run was disturbed by other "
-                        f"processes (> {CLEAN_SHARE:.0%} of the CPU) (default 6)")
+                   help="at most this many rounds in all: rounds beyond --repeats run while an "
+                        "engine's fastest run was disturbed by other processes "
+                        f"(> {CLEAN_SHARE * 100:.0f}%% of the CPU) (default 6)")
     p.add_argument("--time-budget", type=float, default=300.0,
                    help="no extra rounds after this many seconds of the run (default 300)")
     p.add_argument("--quick", action="store_true",
-                   help="fast check: 128 sentences, 16 pipeline sentences, 1 repeat")
+                   help="fast check: 128 sentences, 16 pipeline sentences, 3 rounds (about a "
+                        "minute; overrides those three options)")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers engines")
     p.add_argument("--engines", default=",".join(ENGINES),
                    help=f"comma-separated subset of {', '.join(ENGINES)}")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each timed run, wait until other processes use <= "
-                        f"{CLEAN_SHARE:.0%} of the CPU, at most this many seconds per run in total "
-                        "(default 0: never wait)")
+                        f"{CLEAN_SHARE * 100:.0f}%% of the CPU; at most this many seconds of "
+                        "waiting in the whole run (default 0: never wait)")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSON-lines file to append to")
     p.add_argument("--no-save", action="store_true", help="print only, append nothing")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached model and sentences")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     if args.quick:
-        args.sentences, args.pipeline_sentences, args.repeats = 128, 16, 1
+        args.sentences, args.pipeline_sentences, args.repeats = 128, 16, 3
         args.max_repeats = min(args.max_repeats, 3)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = set(engines) - set(ENGINES)
