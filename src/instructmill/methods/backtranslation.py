@@ -31,6 +31,7 @@ from ..engine.chain import translate_chain
 from ..engine.scheduler import BatchingOptions
 from ..engine.translation import TranslationBackend
 from ..errors import OptionError, RecordError
+from ..iterutil import chunked
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
 from .quality import QualityOptions, check_paraphrase, worst_status
 from .segmentation import Document, Segmenter
@@ -212,13 +213,7 @@ class BackTranslator:
         A record whose shape has no usable example (e.g. ``instruction`` not a string) yields a
         record with ``status: "invalid_record"`` and the error in ``extra``; nothing is dropped.
         """
-        chunk: list[InputRecord] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= self.options.chunk_size:
-                yield from self._process_chunk(chunk)
-                chunk = []
-        if chunk:
+        for chunk in chunked(records, self.options.chunk_size):
             yield from self._process_chunk(chunk)
 
     def _process_chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:

@@ -45,6 +45,7 @@ from .llm_parsing import strip_label
 from .prompts import load_yaml, render
 from .rouge import rouge_l
 from .seeding import stable_seed as _seed
+from ..iterutil import chunked
 
 __all__ = ["EVOL_OPERATIONS", "EvolOptions", "Evolver", "eliminate"]
 
@@ -220,13 +221,7 @@ class Evolver:
         """Evolve every record ``rounds`` times; yields ``rounds`` OutputRecords per input record
         (ids ``<id>:evol<t>``), record by record in input order. A record without a usable
         instruction yields ``invalid_record`` records."""
-        chunk: list[InputRecord] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= self.options.records_per_batch:
-                yield from self._chunk(chunk)
-                chunk = []
-        if chunk:
+        for chunk in chunked(records, self.options.records_per_batch):
             yield from self._chunk(chunk)
 
     def _generate(self, prompts: list, params: list) -> list:

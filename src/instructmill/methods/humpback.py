@@ -39,6 +39,7 @@ from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 from .llm_parsing import parse_score, strip_label
 from .prompts import render
 from .seeding import stable_seed as _seed
+from ..iterutil import chunked
 
 __all__ = ["Humpback", "HumpbackOptions", "clean_instruction"]
 
@@ -156,13 +157,7 @@ class Humpback:
 
     def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
         """Back-translate and curate every record; yields one OutputRecord per input, in order."""
-        chunk: list[InputRecord] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= self.options.records_per_batch:
-                yield from self._chunk(chunk)
-                chunk = []
-        if chunk:
+        for chunk in chunked(records, self.options.records_per_batch):
             yield from self._chunk(chunk)
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:

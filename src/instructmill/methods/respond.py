@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..iterutil import chunked
 
 __all__ = ["RespondOptions", "Responder", "respond_seed"]
 
@@ -113,13 +114,7 @@ class Responder:
 
     def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
         """Answer every record; yields one OutputRecord per input, in input order."""
-        chunk: list[InputRecord] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= self.options.records_per_batch:
-                yield from self._chunk(chunk)
-                chunk = []
-        if chunk:
+        for chunk in chunked(records, self.options.records_per_batch):
             yield from self._chunk(chunk)
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
