@@ -46,6 +46,7 @@ from .prompts import load_yaml, render
 from .rouge import rouge_l
 from .seeding import stable_seed as _seed
 from ..iterutil import chunked
+from .tally import Tally
 
 __all__ = ["EVOL_OPERATIONS", "EvolOptions", "Evolver", "eliminate"]
 
@@ -196,8 +197,8 @@ class Evolver:
     def __init__(self, llm: LLMBackend, options: EvolOptions | None = None):
         self.llm = llm
         self.options = options or EvolOptions()
-        self.summary: dict[str, Any] = {"records": 0, "attempts": 0, "ok": 0, "discarded": {}, "operations": {},
-                                        "output_tokens": 0, "seconds": 0.0}
+        self.summary = Tally({"records": 0, "attempts": 0, "ok": 0, "discarded": {}, "operations": {},
+                              "output_tokens": 0, "seconds": 0.0})
         self._methods = load_yaml("evol_methods")
 
     def settings(self) -> dict[str, Any]:
@@ -226,7 +227,7 @@ class Evolver:
 
     def _generate(self, prompts: list, params: list) -> list:
         results = self.llm.generate(prompts, params)
-        self.summary["output_tokens"] += sum(len(s.token_ids) for r in results for s in r.samples)
+        self.summary.add("output_tokens", sum(len(s.token_ids) for r in results for s in r.samples))
         return results
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
@@ -256,8 +257,8 @@ class Evolver:
             state: dict[int, dict[str, Any]] = {}
             for i, result in zip(live, self._generate(prompts, params)):
                 s = state[i] = {"op": ops[i], "raw": result.text, "status": STATUS_OK, "extra": {}}
-                self.summary["attempts"] += 1
-                self.summary["operations"][ops[i]] = self.summary["operations"].get(ops[i], 0) + 1
+                self.summary.add("attempts", 1)
+                self.summary.add_to("operations", ops[i])
                 if result.status != LLM_OK:
                     s.update(status=result.status, detail=result.detail, evolved="")
                     continue
@@ -304,12 +305,12 @@ class Evolver:
                 out[i].append(OutputRecord(rid, example, s["status"], self.method, self.record_settings(), extra))
                 if s["status"] == STATUS_OK:
                     current[i] = s["evolved"]  # evolve further; a failure keeps the old one
-        self.summary["seconds"] += time.perf_counter() - started
+        self.summary.add("seconds", time.perf_counter() - started)
         for i in range(len(chunk)):
-            self.summary["records"] += 1
+            self.summary.add("records", 1)
             for rec in out[i]:
                 if rec.status == STATUS_OK:
-                    self.summary["ok"] += 1
+                    self.summary.add("ok", 1)
                 else:
-                    self.summary["discarded"][rec.status] = self.summary["discarded"].get(rec.status, 0) + 1
+                    self.summary.add_to("discarded", rec.status)
                 yield rec

@@ -40,6 +40,7 @@ from .llm_parsing import parse_score, strip_label
 from .prompts import render
 from .seeding import stable_seed as _seed
 from ..iterutil import chunked
+from .tally import Tally
 
 __all__ = ["Humpback", "HumpbackOptions", "clean_instruction"]
 
@@ -126,8 +127,8 @@ class Humpback:
     def __init__(self, llm: LLMBackend, options: HumpbackOptions | None = None):
         self.llm = llm
         self.options = options or HumpbackOptions()
-        self.summary: dict[str, Any] = {"records": 0, "ok": 0, "discarded": {}, "scores": {},
-                                        "output_tokens": 0, "seconds": 0.0}
+        self.summary = Tally({"records": 0, "ok": 0, "discarded": {}, "scores": {},
+                              "output_tokens": 0, "seconds": 0.0})
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the results (for the run state / resume check)."""
@@ -195,7 +196,7 @@ class Humpback:
                 state["status"], state["extra"]["detail"] = result.status, result.detail
                 continue
             sample = result.samples[0]
-            self.summary["output_tokens"] += len(sample.token_ids)
+            self.summary.add("output_tokens", len(sample.token_ids))
             state["extra"]["instruction_seed"] = sample.seed
             state["raw_instruction"] = sample.text
             state["instruction"] = clean_instruction(sample.text)
@@ -220,18 +221,17 @@ class Humpback:
                     state["status"], state["extra"]["detail"] = result.status, result.detail
                     continue
                 judge = result.samples[0].text
-                self.summary["output_tokens"] += len(result.samples[0].token_ids)
+                self.summary.add("output_tokens", len(result.samples[0].token_ids))
                 score = parse_score(judge)
                 state["extra"].update(score=score, judge=judge.strip())
                 if score is None:
                     state["status"] = "score_parse_error"
                     continue
-                scores = self.summary["scores"]
-                scores[score] = scores.get(score, 0) + 1
+                self.summary.add_to("scores", score)
                 if score < opts.threshold:
                     state["status"] = "low_score"
                     state["extra"]["detail"] = f"score {score} < threshold {opts.threshold}"
-        self.summary["seconds"] += time.perf_counter() - started
+        self.summary.add("seconds", time.perf_counter() - started)
         for state in states:
             yield self._record(state)
 
@@ -244,10 +244,9 @@ class Humpback:
         if isinstance(original, str) and original.strip():
             extra["original_instruction"] = original
         example = Example(instruction=state["instruction"], output=state.get("text", ""))
-        self.summary["records"] += 1
+        self.summary.add("records", 1)
         if state["status"] == STATUS_OK:
-            self.summary["ok"] += 1
+            self.summary.add("ok", 1)
         else:
-            discarded = self.summary["discarded"]
-            discarded[state["status"]] = discarded.get(state["status"], 0) + 1
+            self.summary.add_to("discarded", state["status"])
         return OutputRecord(record.id, example, state["status"], self.method, self.record_settings(), extra)

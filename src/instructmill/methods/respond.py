@@ -31,6 +31,7 @@ from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 from ..iterutil import chunked
+from .tally import Tally
 
 __all__ = ["RespondOptions", "Responder", "respond_seed"]
 
@@ -91,8 +92,8 @@ class Responder:
     def __init__(self, llm: LLMBackend, options: RespondOptions | None = None):
         self.llm = llm
         self.options = options or RespondOptions()
-        self.summary: dict[str, Any] = {"records": 0, "ok": 0, "skipped": 0, "discarded": {},
-                                        "output_tokens": 0, "seconds": 0.0}
+        self.summary = Tally({"records": 0, "ok": 0, "skipped": 0, "discarded": {},
+                              "output_tokens": 0, "seconds": 0.0})
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the results (for the run state / resume check)."""
@@ -131,7 +132,7 @@ class Responder:
                 out[i] = self._record(record.id, Example(instruction=""), "invalid_record", {"error": str(exc)})
                 continue
             if opts.skip_existing and example.output.strip():
-                self.summary["skipped"] += 1
+                self.summary.add("skipped", 1)
                 out[i] = self._record(record.id, example, STATUS_OK, {"skipped": "the record has an output"})
                 continue
             if not example.instruction.strip():
@@ -149,7 +150,7 @@ class Responder:
                 out[i] = self._record(rid, example, result.status, {"detail": result.detail})
                 continue
             sample = result.samples[0]
-            self.summary["output_tokens"] += len(sample.token_ids)
+            self.summary.add("output_tokens", len(sample.token_ids))
             answer = sample.text.strip()
             new = replace(example, output=answer, history=list(example.history))
             extra: dict[str, Any] = {"response_seed": sample.seed}
@@ -163,15 +164,15 @@ class Responder:
                     status = "output_truncated"
                     extra["detail"] = f"the answer hit max_tokens ({opts.sampling.max_tokens})"
             out[i] = self._record(rid, new, status, extra)
-        self.summary["seconds"] += time.perf_counter() - started
+        self.summary.add("seconds", time.perf_counter() - started)
         for rec in out:
             assert rec is not None
             yield rec
 
     def _record(self, rid: str, example: Example, status: str, extra: dict[str, Any]) -> OutputRecord:
-        self.summary["records"] += 1
+        self.summary.add("records", 1)
         if status == STATUS_OK:
-            self.summary["ok"] += 1
+            self.summary.add("ok", 1)
         else:
-            self.summary["discarded"][status] = self.summary["discarded"].get(status, 0) + 1
+            self.summary.add_to("discarded", status)
         return OutputRecord(rid, example, status, self.method, self.record_settings(), extra)

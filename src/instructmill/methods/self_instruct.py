@@ -57,6 +57,7 @@ from .llm_parsing import PARSE_ERROR, ParsedTask, ParseResult, is_no_input, pars
 from .prompts import render
 from .rouge import RougeFilter
 from .seeding import stable_seed as _stable_seed
+from .tally import Tally
 
 __all__ = ["BLACKLIST", "SelfInstruct", "SelfInstructOptions", "check_instruction", "parse_sample"]
 
@@ -266,8 +267,8 @@ class SelfInstruct:
     def __init__(self, llm: LLMBackend, options: SelfInstructOptions | None = None):
         self.llm = llm
         self.options = options or SelfInstructOptions()
-        self.summary: dict[str, Any] = {"rounds": 0, "prompts": 0, "samples": 0, "parsed": 0, "kept": 0,
-                                        "ok": 0, "discarded": {}, "output_tokens": 0, "seconds": 0.0}
+        self.summary = Tally({"rounds": 0, "prompts": 0, "samples": 0, "parsed": 0, "kept": 0,
+                              "ok": 0, "discarded": {}, "output_tokens": 0, "seconds": 0.0})
 
     # ------------------------------------------------------------------ provenance
     def settings(self) -> dict[str, Any]:
@@ -352,8 +353,8 @@ class SelfInstruct:
             new_ok = sum(rec.status == STATUS_OK for rec in records)
             ok += new_ok
             yield_ok, yield_prompts = yield_ok + new_ok, yield_prompts + size
-            self.summary["rounds"] += 1
-            self.summary["seconds"] += time.perf_counter() - started
+            self.summary.add("rounds", 1)
+            self.summary.add("seconds", time.perf_counter() - started)
             yield records
 
     def _restore(self, done: Iterable[dict[str, Any]], pool: RougeFilter, machine: list[str],
@@ -413,7 +414,7 @@ class SelfInstruct:
             base = opts.seed + (r * opts.prompts_per_round + p) * opts.sampling.n
             params.append(replace(opts.sampling, seed=base, stop=self._stops(len(examples) + 1)))
         results = self.llm.generate(prompts, params)
-        self.summary["prompts"] += len(prompts)
+        self.summary.add("prompts", len(prompts))
         candidates: list[_Candidate] = []
         for p, result in enumerate(results):
             candidates.extend(self._parse_result(r, p, result, leads[p], params[p]))
@@ -435,8 +436,8 @@ class SelfInstruct:
                                status=result.status, detail=result.detail) for s in range(params.n)]
         out: list[_Candidate] = []
         for s, sample in enumerate(result.samples):
-            self.summary["samples"] += 1
-            self.summary["output_tokens"] += len(sample.token_ids)
+            self.summary.add("samples", 1)
+            self.summary.add("output_tokens", len(sample.token_ids))
             base = dict(round=r, prompt=p, sample=s, seed=sample.seed)
             parsed = parse_sample(sample.text, lead, style)
             if parsed.status != STATUS_OK:
@@ -446,7 +447,7 @@ class SelfInstruct:
                 continue
             last = len(parsed.items) - 1
             for i, task in enumerate(parsed.items):
-                self.summary["parsed"] += 1
+                self.summary.add("parsed", 1)
                 cand = _Candidate(f"si-{r}-{p}-{s}-{i}", **base, item=i, raw=task.raw, task=task)
                 if task.warnings:
                     cand.extra["parse_warnings"] = list(task.warnings)
@@ -474,7 +475,7 @@ class SelfInstruct:
             return
         pool.add(task.instruction)
         machine.append(task.instruction)
-        self.summary["kept"] += 1
+        self.summary.add("kept", 1)
 
     def _instances(self, r: int, todo: list[_Candidate]) -> None:
         opts = self.options
@@ -489,7 +490,7 @@ class SelfInstruct:
             for cand, result in zip(inputs, self.llm.generate(prompts, params)):
                 text = result.text.strip() if result.status == LLM_OK else ""
                 cand.task.input = "" if is_no_input(text) else text
-                self.summary["output_tokens"] += sum(len(s.token_ids) for s in result.samples)
+                self.summary.add("output_tokens", sum(len(s.token_ids) for s in result.samples))
         system = [{"role": "system", "content": opts.instance_system}] if opts.instance_system else []
         prompts = [system + [{"role": "user", "content": f"{c.task.instruction}\n\n{c.task.input}".strip()}]
                    for c in need]
@@ -499,7 +500,7 @@ class SelfInstruct:
                 cand.status, cand.detail = result.status, result.detail
                 continue
             sample = result.samples[0]
-            self.summary["output_tokens"] += len(sample.token_ids)
+            self.summary.add("output_tokens", len(sample.token_ids))
             cand.task.output = sample.text.strip()
             cand.extra["output_seed"] = sample.seed
             if not cand.task.output:
@@ -538,7 +539,6 @@ class SelfInstruct:
 
     def _count(self, rec: OutputRecord) -> None:
         if rec.status == STATUS_OK:
-            self.summary["ok"] += 1
+            self.summary.add("ok", 1)
         else:
-            discarded = self.summary["discarded"]
-            discarded[rec.status] = discarded.get(rec.status, 0) + 1
+            self.summary.add_to("discarded", rec.status)
