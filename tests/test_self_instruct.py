@@ -196,6 +196,29 @@ def test_resume_from_a_partial_run_gives_the_same_records():
         assert prompts == full_prompts[restart * 2:]
 
 
+def test_resume_when_the_written_part_of_the_last_round_already_reaches_the_target():
+    # The crash left the last round half written, and that half already holds enough ok records:
+    # an uninterrupted run wrote the whole round, so the resumed run must write the rest of it.
+    opts = SelfInstructOptions(prompts_per_round=4, seed=5, sampling=SamplingOptions(n=2, temperature=0.7),
+                               size_last_round=True)
+    num = 20
+    full = records_of(SelfInstruct(FakeLLM(task_rule), opts), num=num)
+    last = max(r.extra["round"] for r in full)
+    before = [r for r in full if r.extra["round"] < last]
+    part = [r for r in full if r.extra["round"] == last]
+    ok_before = sum(r.status == "ok" for r in before)
+    assert ok_before < num
+    cut = next(i for i in range(len(part) + 1) if ok_before + sum(r.status == "ok" for r in part[:i]) >= num)
+    assert cut < len(part), "the last round must hold records after the target is reached"
+    written = before + part[:cut]
+    done = [{"id": r.id, "status": r.status, "instruction": r.example.instruction, "extra": r.extra}
+            for r in written]
+    rest = records_of(SelfInstruct(FakeLLM(task_rule), opts), num=num, done=done)
+    assert sorted(r.id for r in rest) == sorted(r.id for r in part[cut:])
+    combined = sorted((r.id, r.status, r.example.instruction) for r in written + rest)
+    assert combined == sorted((r.id, r.status, r.example.instruction) for r in full)
+
+
 def test_last_round_is_sized_to_what_is_still_needed():
     def rule(prompt, seed):
         if "<|user|>" in prompt:

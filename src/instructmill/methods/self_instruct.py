@@ -339,20 +339,25 @@ class SelfInstruct:
         machine: list[str] = []
         done_ids: set[str] = set()
         start_round, ok, yield_ok, yield_prompts = self._restore(done, pool, machine, done_ids)
+        # ok records when the round began, as an uninterrupted run counted them: a partly written
+        # round is redone whole, so its records already written do not count yet
+        at_round_start = yield_ok
         for r in range(start_round, opts.max_rounds):
-            if ok >= num_instructions:
+            if at_round_start >= num_instructions:
                 break
             started = time.perf_counter()
             size = opts.prompts_per_round
             if opts.size_last_round and yield_ok > 0:
                 # expected ok records per prompt so far; 30% margin against a short last round
-                size = max(1, min(size, math.ceil((num_instructions - ok) * yield_prompts / yield_ok * 1.3)))
+                needed = num_instructions - at_round_start
+                size = max(1, min(size, math.ceil(needed * yield_prompts / yield_ok * 1.3)))
             records = self._round(r, size, seeds, machine, pool, done_ids)
             for rec in records:
                 self._count(rec)
             new_ok = sum(rec.status == STATUS_OK for rec in records)
             ok += new_ok
-            yield_ok, yield_prompts = yield_ok + new_ok, yield_prompts + size
+            at_round_start = ok
+            yield_ok, yield_prompts = ok, yield_prompts + size
             self.summary.add("rounds", 1)
             self.summary.add("seconds", time.perf_counter() - started)
             yield records
