@@ -383,3 +383,55 @@ def test_template_is_frozen_and_required_is_derived():
         t.name = "y"  # type: ignore[misc]
     with pytest.raises(OptionError):
         Template(name="", instruction="x")
+
+
+# ------------------------------------------------- one render per row equals one per section
+
+
+
+@pytest.mark.parametrize("name", builtin_templates())
+@given(st.dictionaries(st.sampled_from(["text", "question", "context", "answer", "instruction", "input", "output",
+                                        "translation", "label", "summary", "topic"]),
+                       st.text(max_size=40), min_size=11, max_size=11))
+@settings(max_examples=40, deadline=None)
+def test_one_render_per_row_equals_rendering_each_section(name, fields):
+    template = load_template(name)
+    fast = TemplateFiller(template, variables={k: "x" for k in template.required if k not in fields})
+    combined = fast._combined
+    assert combined is not None  # the built-in templates have no shared-state statements
+    try:
+        got = fast.render(rec(fields))
+    except TemplateError as exc:
+        got = exc
+    fast._combined = None
+    try:
+        want = fast.render(rec(fields))
+    except TemplateError as exc:
+        want = exc
+    if isinstance(want, TemplateError):
+        assert type(got) is type(want) and str(got) == str(want)
+    else:
+        assert got == want
+
+
+def test_a_row_holding_the_separator_still_renders_right():
+    t = Template(name="x", instruction="Say {{ text }}", input="{{ text }}!")
+    filler = TemplateFiller(t)
+    text = f"a {filler._separator} b"
+    out = filler.render(rec({"text": text}))
+    assert out.example.instruction == f"Say {text}" and out.example.input == f"{text}!"
+
+
+def test_sections_that_set_names_are_rendered_one_by_one():
+    t = Template(name="x", instruction="{% set topic = 'cats' %}About {{ topic }}: {{ text }}",
+                 input="{{ topic | default('none') }}")
+    filler = TemplateFiller(t)
+    assert filler._combined is None
+    out = filler.render(rec({"text": "hi"}))
+    assert (out.example.instruction, out.example.input) == ("About cats: hi", "none")
+
+
+def test_a_failing_section_is_named_in_the_error():
+    t = Template(name="x", instruction="Q: {{ text }}", input="{{ text + 1 }}")
+    with pytest.raises(TemplateError, match=r"\(input\) failed on this row"):
+        TemplateFiller(t).render(rec({"text": "a"}))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -367,6 +368,19 @@ def _from_mapping_text(text: str, *, name: str, path: str, kind: str) -> Templat
 
 # --------------------------------------------------------------------------- rendering
 
+#: Statements whose effect could reach from one section into the next if they were rendered as one.
+_SHARED_STATE_NODES = (nodes.Assign, nodes.AssignBlock, nodes.Macro, nodes.Import, nodes.FromImport,
+                       nodes.Extends, nodes.Block, nodes.Include, nodes.CallBlock, nodes.Scope)
+
+
+def _sections_independent(env: SandboxedEnvironment, sources: Iterable[str]) -> bool:
+    """Whether the sections can be rendered as one template with the same result as one by one."""
+    for source in sources:
+        if any(True for _ in env.parse(source).find_all(_SHARED_STATE_NODES)):
+            return False
+    return True
+
+
 
 class TemplateFiller:
     """Renders a :class:`Template` for input records.
@@ -407,8 +421,15 @@ class TemplateFiller:
         self.settings: dict[str, Any] = {"template": template.name,
                                          "variables": dict(self.variables)}
         env = make_environment()
-        self._compiled = {section: env.from_string(source)
-                          for section, source in template.sources().items()}
+        sources = template.sources()
+        self._compiled = {section: env.from_string(source) for section, source in sources.items()}
+        # One render per row instead of one per section: jinja2 spends most of a small render on
+        # setting up its context. The sections are joined with a separator no row can guess; a
+        # row whose rendering fails or whose text holds the separator is rendered section by
+        # section, so errors name their section and the output is always the same.
+        self._separator = f"IMSEP{uuid.uuid4().hex}IMSEP"
+        self._combined = (env.from_string(self._separator.join(sources.values()))
+                          if _sections_independent(env, sources.values()) else None)
 
     def __repr__(self) -> str:
         return f"TemplateFiller({self.template.name!r}, variables={self.variables!r})"
@@ -441,7 +462,16 @@ class TemplateFiller:
         """
         ctx = self._context(record)
         rendered: dict[str, str] = {}
+        if self._combined is not None:
+            try:
+                parts = self._combined.render(ctx).split(self._separator)
+            except Exception:  # noqa: BLE001 - rendered again below, section by section, for the message
+                parts = []
+            if len(parts) == len(self._compiled):
+                rendered = {section: part.strip() for section, part in zip(self._compiled, parts)}
         for section, compiled in self._compiled.items():
+            if section in rendered:
+                continue
             try:
                 rendered[section] = compiled.render(ctx).strip()
             except SecurityError as exc:
