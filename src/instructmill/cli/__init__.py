@@ -22,6 +22,7 @@ COMMANDS = {
     "humpback": "instructmill.cli.generate_methods:humpback",
     "evolve": "instructmill.cli.generate_methods:evolve",
     "generate": "instructmill.cli.generate:generate",
+    "bench": "instructmill.bench.cli:bench",
 }
 
 
