@@ -18,24 +18,49 @@ from .common import user_errors
               help="Set a key of the pipeline file (repeatable; VALUE is read as YAML), e.g. "
                    "--set sources.seeds.path=seeds.jsonl --set stages.generate.num_instructions=500.")
 @click.option("--check", is_flag=True, help="Only validate the pipeline file, run nothing.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: threads in this process; ray: Ray Data on a Ray cluster (pip install \"ray[data]\").")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join ('auto', 'ray://head:10001'). [default: RAY_ADDRESS, else a new local "
+                   "cluster on this machine]")
+@click.option("--ray-replicas", type=int, default=None, metavar="N",
+              help="Actors (engine replicas) per engine stage. [default: from the cluster's GPUs / CPUs]")
+@click.option("--ray-stage-replicas", multiple=True, metavar="STAGE=N",
+              help="Actors of one engine stage (repeatable; wins over --ray-replicas).")
+@click.option("--ray-batch-size", type=int, default=None, metavar="N",
+              help="Rows per actor call. [default: the stage's window: records_per_batch / chunk_size]")
+@click.option("--ray-cpus-per-actor", type=float, default=None, metavar="X",
+              help="CPUs each actor reserves (its engine's threads on CPU). [default: 1]")
+@click.option("--ray-gpus-per-actor", type=float, default=None, metavar="X",
+              help="GPUs each engine actor reserves. [default: 1 per replica on clusters with GPUs for "
+                   "engines with device auto/cuda, else 0]")
 @user_errors
 def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None, settings: tuple[str, ...],
-             check: bool) -> None:
+             check: bool, executor: str, ray_address: str | None, ray_replicas: int | None,
+             ray_stage_replicas: tuple[str, ...], ray_batch_size: int | None, ray_cpus_per_actor: float | None,
+             ray_gpus_per_actor: float | None) -> None:
     """Run the multi-stage PIPELINE (sources -> stages -> sinks), streaming, with checkpoints.
 
     Stages: template, self-instruct, respond, humpback, evolve, back-translate, filter, dedup.
     Engines named by several stages are loaded once and shared. Next to every sink: the
     discards file and the run report (.report.json, .report.png).
 
+    With --executor ray the same pipeline runs on a Ray cluster through Ray Data: each engine
+    stage on a pool of actors (one engine replica each), the same output files and report.
+
     \b
     Examples:
       instructmill generate examples/self_instruct_backtranslate.yaml
       instructmill generate examples/template_backtranslate.yaml --resume
       instructmill generate examples/template_backtranslate.yaml --set sources.rows.path=rows.jsonl
+      instructmill generate examples/template_backtranslate.yaml --executor ray --ray-address auto
     """
     from ..pipeline import Pipeline
 
     import yaml
+
+    ray_options = _ray_options(executor, ray_address, ray_replicas, ray_stage_replicas, ray_batch_size,
+                               ray_cpus_per_actor, ray_gpus_per_actor)
 
     overrides = {}
     for item in settings:
@@ -54,7 +79,7 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
         return
     started = time.perf_counter()
     try:
-        report = pipe.run(resume=resume, overwrite=overwrite, progress=progress)
+        report = pipe.run(resume=resume, overwrite=overwrite, progress=progress, executor=executor, ray=ray_options)
     except KeyboardInterrupt:
         click.echo("interrupted; what was done is kept: run again with --resume to continue", err=True)
         raise SystemExit(130) from None
@@ -89,8 +114,56 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
         if sink.get("already_written"):
             line += f" ({sink['already_written']} written before the resume)"
         lines.append(line)
+    if report.get("executor"):
+        lines.append(_executor_line(report["executor"]))
     files = [f for f in report.get("report_files", []) if f.endswith(".json")]
     if files:
         lines.append("report: " + ", ".join(files))
     lines.append(f"time: {time.perf_counter() - started:.1f} s")
     click.echo("\n".join(lines), err=True)
+
+
+def _ray_options(executor: str, address: str | None, replicas: int | None, stage_replicas: tuple[str, ...],
+                 batch_size: int | None, cpus: float | None, gpus: float | None) -> object | None:
+    """The ``RayOptions`` of the ``--ray-*`` flags (``None`` for the local executor)."""
+    given = [name for name, value in (("--ray-address", address), ("--ray-replicas", replicas),
+                                      ("--ray-stage-replicas", stage_replicas), ("--ray-batch-size", batch_size),
+                                      ("--ray-cpus-per-actor", cpus), ("--ray-gpus-per-actor", gpus)) if value]
+    if executor != "ray":
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --executor ray only")
+        return None
+    from ..pipeline.ray_plan import RayOptions
+
+    per_stage = {}
+    for item in stage_replicas:
+        stage, sep, value = item.partition("=")
+        if not sep or not stage.strip() or not value.strip().isdigit():
+            raise click.BadParameter(f"{item!r}: write STAGE=N", param_hint="--ray-stage-replicas")
+        per_stage[stage.strip()] = int(value)
+    kwargs = {"address": address, "replicas": replicas, "batch_size": batch_size, "num_gpus_per_actor": gpus,
+              "stage_replicas": per_stage}
+    if cpus is not None:
+        kwargs["num_cpus_per_actor"] = cpus
+    return RayOptions(**kwargs)
+
+
+def _executor_line(info: dict) -> str:
+    """``executor: ray (cluster 2 CPU; para: 2 actors x 1 CPU, batch 64; driver: dedup)``."""
+    cluster = info.get("cluster") or {}
+    parts = [", ".join(f"{v:g} {k}" for k, v in cluster.items()) or "no resources"]
+    driver = []
+    for root in (info.get("roots") or {}).values():
+        for op in root.get("ops") or []:
+            if op.get("kind") == "actors":
+                gpu = f" + {op['num_gpus']:g} GPU" if op.get("num_gpus") else ""
+                actors = f"{op['replicas']} actor{'s' if op['replicas'] != 1 else ''}"
+                parts.append(f"{op['engine_stage']}: {actors} x {op['num_cpus']:g} CPU{gpu}, batch {op['batch_size']}")
+            else:
+                parts.append(f"{'+'.join(op['stages'])}: tasks, batch {op['batch_size']}")
+        if root.get("generator"):
+            parts.append("self-instruct: 1 actor")
+        driver.extend(root.get("driver_stages") or [])
+    if driver:
+        parts.append("on the driver: " + ", ".join(driver))
+    return f"executor: {info.get('kind', 'ray')} (cluster {'; '.join(parts)})"

@@ -16,8 +16,12 @@ Python API (the same pipeline as ``instructmill generate PIPELINE``)::
     }, engines={"enpt": {"pt": (forward, backward)}})   # optional: engines built in code
     print(pipeline.run()["sinks"])
 
+    report = Pipeline.from_file("pipeline.yaml").run(executor="ray",          # on a Ray cluster
+                                                     ray=RayOptions(address="auto", replicas=4))
+
 See :mod:`~instructmill.pipeline.spec` for the file format, :mod:`~instructmill.pipeline.runtime`
-for how it runs, :mod:`~instructmill.pipeline.report` for the report.
+for how it runs, :mod:`~instructmill.pipeline.ray_executor` for the Ray executor,
+:mod:`~instructmill.pipeline.report` for the report.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import Any, Mapping
 
 from .spec import PipelineSpec, PipelineSpecError, load_spec, parse_spec
 
-__all__ = ["Pipeline", "PipelineError", "PipelineSpec", "PipelineSpecError", "load_spec", "parse_spec"]
+__all__ = ["Pipeline", "PipelineError", "PipelineSpec", "PipelineSpecError", "RayOptions", "load_spec", "parse_spec"]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from .runtime import PipelineError
 
         return PipelineError
+    if name == "RayOptions":
+        from .ray_plan import RayOptions
+
+        return RayOptions
     raise AttributeError(f"module 'instructmill.pipeline' has no attribute {name!r}")
 
 
@@ -71,20 +79,44 @@ class Pipeline:
         return cls(load_spec(path, overrides), **kwargs)
 
     def run(self, *, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
-            **kwargs: Any) -> dict[str, Any]:
+            executor: str = "local", ray: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Run to the end and return the report (see :mod:`instructmill.pipeline.report`).
 
         Args:
-            resume: continue an interrupted run (same pipeline and inputs).
+            resume: continue an interrupted run (same pipeline, inputs and executor).
             overwrite: delete an earlier run's outputs and state first.
             progress: progress bars per stage (default: ``settings.progress``, else when stderr
                 is a terminal).
+            executor: ``"local"`` (threads and bounded queues in this process,
+                :mod:`~instructmill.pipeline.runtime`) or ``"ray"`` (Ray Data on a Ray cluster,
+                :mod:`~instructmill.pipeline.ray_executor`; needs ``pip install "ray[data]"``).
+            ray: :class:`~instructmill.pipeline.ray_plan.RayOptions` for ``executor="ray"``
+                (default: all defaults).
 
         Raises:
+            OptionError: an unknown executor, ``ray`` options with the local executor, or (Ray)
+                Ray Data not installed / options the cluster cannot meet.
             ResumeError: earlier outputs exist and neither ``resume`` nor ``overwrite`` is set,
-                or the pipeline / inputs changed since the run being resumed.
+                or the pipeline / inputs / executor changed since the run being resumed.
             PipelineError: a stage, source or sink failed (the message names it).
         """
+        from ..errors import OptionError
+        from .ray_state import check_executor
+
+        if executor not in ("local", "ray"):
+            raise OptionError("executor", executor, "choose local or ray")
+        if executor == "ray":
+            from .ray_executor import RayExecutor
+            from .ray_plan import RayOptions
+
+            if ray is not None and not isinstance(ray, RayOptions):
+                raise OptionError("ray", ray, "pass RayOptions(...)")
+            runner = RayExecutor(self.spec, options=ray, engines=self.engines, service_factory=self.service_factory,
+                                 progress=progress)
+            return runner.run(resume=resume, overwrite=overwrite, **kwargs)
+        if ray is not None:
+            raise OptionError("ray", ray, "Ray options apply to executor='ray' only")
+        check_executor(self.spec, "local", resume=resume)
         from .runtime import Runtime
 
         runtime = Runtime(self.spec, engines=self.engines, service_factory=self.service_factory, progress=progress)
