@@ -108,12 +108,20 @@ def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     """Append one JSON object per line to ``path`` (created with its folder); returns lines written.
 
     Each line is written with a single ``write`` call of a complete line, so a run that dies
-    midway leaves whole lines behind.
+    midway leaves whole lines behind. A torn last line (a run killed mid-write) is ended with a
+    newline first, so it stays one unreadable line and the new lines are whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
+    torn = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as fh:
+        if torn:
+            fh.write("\n")
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n")
             n += 1

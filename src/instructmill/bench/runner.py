@@ -121,6 +121,8 @@ def run_workloads(names: Sequence[str], options: BenchOptions, *, history_path: 
     if options.cache_dir is None:
         options = replace(options, cache_dir=str(default_cache_dir()))
     history = Path(history_path) if history_path is not None else default_history_path()
+    if save:
+        _check_writable(history)  # before the workloads run, not after: their results would be lost
     outcome = RunOutcome(run_id=new_run_id(), history_path=history if save else None)
     hw = hardware(options.device)
     pkgs = packages()
@@ -185,3 +187,13 @@ def run_workloads(names: Sequence[str], options: BenchOptions, *, history_path: 
         else:
             log("no figure to plot")
     return outcome
+
+
+def _check_writable(path: Path) -> None:
+    """Raise :class:`OptionError` unless ``path`` can be appended to (its folder is created)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OptionError("history", str(path), f"cannot be written ({exc.strerror or exc})") from None
