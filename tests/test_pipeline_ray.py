@@ -332,6 +332,8 @@ def test_options_are_validated_and_unsupported_shapes_refused(tmp_path, monkeypa
     assert plan.roots[0].driver_stages == ["dedup", "filter"] and plan.placement["filter"] == "driver"
     plan = plan_pipeline(spec, RayOptions(num_gpus_per_actor=2, stage_replicas={"answer": 1}), {"CPU": 16, "GPU": 4})
     assert (plan.roots[0].ops[0].replicas, plan.roots[0].ops[0].num_gpus) == (1, 2.0)
+    with pytest.raises(OptionError, match=r"asks for 8 GPU\(s\) per actor but the Ray cluster has 4"):  # else: a hang
+        plan_pipeline(spec, RayOptions(num_gpus_per_actor=8), {"CPU": 16, "GPU": 4})
 
     pipe = Pipeline({**base, "stages": []}, base_dir=tmp_path)
     with pytest.raises(OptionError, match="invalid executor='spark'"):
@@ -348,7 +350,7 @@ def test_the_cli_flags_and_the_local_path_do_not_import_ray(tmp_path):
     from instructmill.cli import cli
 
     result = CliRunner().invoke(cli, ["generate", "p.yaml", "--ray-replicas", "2"])
-    assert result.exit_code != 0 and "--ray-replicas apply to --executor ray only" in result.output
+    assert result.exit_code != 0 and "--ray-replicas only apply to --executor ray" in result.output
     code = ("import sys; from click.testing import CliRunner; from instructmill.cli import cli; "
             "r = CliRunner().invoke(cli, ['generate', '--help']); assert '--ray-address' in r.output; "
             "from instructmill.pipeline import Pipeline; "
@@ -360,3 +362,21 @@ def test_the_cli_flags_and_the_local_path_do_not_import_ray(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert lines(tmp_path / "out.jsonl")[0]["output"] == "Hi."
+
+
+def test_an_address_nobody_answers_is_refused_at_once():
+    import socket
+
+    from instructmill.pipeline.ray_executor import _check_reachable
+
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(OptionError, match=rf"invalid ray_address='127.0.0.1:{port}': no Ray cluster answers there"):
+        _check_reachable(f"127.0.0.1:{port}", timeout=2)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        _check_reachable(f"ray://127.0.0.1:{listening.getsockname()[1]}", timeout=2)
+    _check_reachable("auto")
+    _check_reachable(None)

@@ -74,6 +74,10 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
     pipe = Pipeline.from_file(pipeline, overrides=overrides)
     spec = pipe.spec
     if check:
+        if executor == "ray":  # the shapes the Ray executor runs (resources are checked when it runs)
+            from ..pipeline.ray_plan import plan_pipeline
+
+            plan_pipeline(spec, ray_options, {"CPU": float(2**20), "GPU": float(2**20)})
         click.echo(f"{pipeline}: ok ({len(spec.sources)} source(s), {len(spec.stages)} stage(s), "
                    f"{len(spec.engines)} engine(s), {len(spec.sinks)} sink(s))", err=True)
         return
@@ -131,7 +135,7 @@ def _ray_options(executor: str, address: str | None, replicas: int | None, stage
                                       ("--ray-cpus-per-actor", cpus), ("--ray-gpus-per-actor", gpus)) if value]
     if executor != "ray":
         if given:
-            raise click.UsageError(f"{', '.join(given)} apply to --executor ray only")
+            raise click.UsageError(f"{', '.join(given)} only apply to --executor ray")
         return None
     from ..pipeline.ray_plan import RayOptions
 

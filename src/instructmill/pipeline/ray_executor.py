@@ -188,6 +188,7 @@ class RayExecutor:
             return False
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
         address = self.options.address
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
         if address is None and not os.environ.get("RAY_ADDRESS"):
             kwargs["include_dashboard"] = False
         ray.init(address=address, **kwargs)
@@ -233,3 +234,19 @@ class RayExecutor:
                                                    "in the pipeline instead (each actor then loads its own "
                                                    "replica)") from None
 
+
+def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) nobody listens on within ``timeout``
+    seconds: ``ray.init`` would retry such an address without end."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: left to Ray
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise OptionError("ray_address", address, f"no Ray cluster answers there ({exc.strerror or exc}); start "
+                                                  "one with `ray start --head` or pass its address") from None

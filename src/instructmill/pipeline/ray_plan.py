@@ -238,6 +238,11 @@ def _gpus_for(engine: EngineSpec, options: RayOptions, cluster: Mapping[str, flo
     if getattr(engine.options, "device", None) == "cuda" and not cluster.get("GPU", 0):
         raise OptionError(f"engines.{engine.name}.device", "cuda", f"{where} needs GPUs but the Ray cluster has none "
                                                                    f"(resources: {dict(cluster)})")
+    if gpus > cluster.get("GPU", 0):
+        # Ray would wait for such an actor forever ("No available node types can fulfill ...")
+        raise OptionError("num_gpus_per_actor", gpus, f"{where} asks for {gpus:g} GPU(s) per actor but the Ray "
+                                                      f"cluster has {cluster.get('GPU', 0):g} (resources: "
+                                                      f"{dict(cluster)})")
     return gpus
 
 
