@@ -70,7 +70,7 @@ class RayOptions:
         replicas: actors (engine replicas) per engine stage; ``None``: from the cluster's
             resources (module docstring).
         batch_size: rows per ``map_batches`` call; ``None``: the engine stage's window
-            (``records_per_batch``, ``chunk_size``, else ``settings.window``).
+            (``records_per_batch``, ``chunk_size``, else ``settings.window``), at most 256.
         num_cpus_per_actor: CPUs each actor reserves (its engine's thread count on CPU).
         num_gpus_per_actor: GPUs each engine actor reserves; ``None``: the engine's
             ``tensor_parallel_size`` (1) when the cluster has GPUs and the engine can use CUDA
@@ -210,9 +210,16 @@ class RayPlan:
                 "roots": {r.name: r.as_dict() for r in self.roots}}
 
 
+#: Most rows per Ray batch by default: a batch is the unit of streaming to the sinks, of progress
+#: marks (what a resume keeps) and of spreading over actors, so a stage's whole window (1,024 rows
+#: for back-translation) would leave a second actor idle on small inputs and write nothing for long.
+DEFAULT_MAX_BATCH_ROWS = 256
+
+
 def _window(spec: PipelineSpec, stage: Any) -> int:
     info = METHODS[stage.method]
-    return int(getattr(stage.options, info.window_field)) if info.window_field else spec.settings.window
+    window = int(getattr(stage.options, info.window_field)) if info.window_field else spec.settings.window
+    return min(window, DEFAULT_MAX_BATCH_ROWS)
 
 
 def _uses_gpu(engine: EngineSpec) -> int:
