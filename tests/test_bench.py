@@ -139,7 +139,8 @@ def test_plot_is_a_png(tmp_path):
 # ---------------------------------------------------------------------------------- CLI
 
 def test_registry_and_unknown_workload():
-    assert list(WORKLOADS) == ["template", "rouge_filter", "backtranslation", "llm", "pipeline"]
+    assert list(WORKLOADS) == ["template", "rouge_filter", "backtranslation", "llm", "pipeline",
+                               "ray_backtranslation"]
     with pytest.raises(OptionError, match="template, rouge_filter, backtranslation, llm, pipeline"):
         load_workload("nope")
     assert callable(load_workload("template").run)

@@ -26,6 +26,7 @@ WORKLOADS: dict[str, str] = {
     "backtranslation": "instructmill.bench.workloads.backtranslation",
     "llm": "instructmill.bench.workloads.llm",
     "pipeline": "instructmill.bench.workloads.pipeline",
+    "ray_backtranslation": "instructmill.bench.workloads.ray_backtranslation",
 }
 
 #: one line per workload, for ``instructmill bench list`` (no import needed).
@@ -38,6 +39,8 @@ DESCRIPTIONS: dict[str, str] = {
     "llm": "LLM sampling on ShareGPT prompts (vLLM path) vs raw LLM.generate, CTranslate2, HF batched; "
            "output tok/s",
     "pipeline": "a streamed multi-stage pipeline vs its stages run one after another; output tok/s",
+    "ray_backtranslation": "a back-translation pipeline on Ray with 2 CPU actors vs 1 actor and the local "
+                           "executor; scaling efficiency; output tok/s (bench all: only where ray is installed)",
 }
 
 
