@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import OptionError
+from ..errors import InstructmillError, OptionError
 from .core import BenchOptions, WorkloadResult
 from .env import git_dirty, git_sha
 from .history import append_records, default_history_path, hardware, load_history, make_record, new_run_id, packages
@@ -142,7 +142,8 @@ def run_workloads(names: Sequence[str], options: BenchOptions, *, history_path: 
             raise
         except Exception as exc:  # noqa: BLE001 - one failing workload must not stop the others
             walls[name] = time.perf_counter() - t0
-            log(traceback.format_exc().rstrip())
+            if not isinstance(exc, InstructmillError):  # a user error (bad option, missing model) says it all
+                log(traceback.format_exc().rstrip())
             outcome.failures[name] = f"{type(exc).__name__}: {exc}"
             echo(f"ERROR: workload {name} failed after {walls[name]:.1f} s: {outcome.failures[name]} "
                  "(nothing recorded for it)")

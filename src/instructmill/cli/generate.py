@@ -23,15 +23,15 @@ from .common import user_errors
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="Ray cluster to join ('auto', 'ray://head:10001'). [default: RAY_ADDRESS, else a new local "
                    "cluster on this machine]")
-@click.option("--ray-replicas", type=int, default=None, metavar="N",
+@click.option("--ray-replicas", type=click.IntRange(min=1), default=None, metavar="N",
               help="Actors (engine replicas) per engine stage. [default: from the cluster's GPUs / CPUs]")
 @click.option("--ray-stage-replicas", multiple=True, metavar="STAGE=N",
               help="Actors of one engine stage (repeatable; wins over --ray-replicas).")
-@click.option("--ray-batch-size", type=int, default=None, metavar="N",
+@click.option("--ray-batch-size", type=click.IntRange(min=1), default=None, metavar="N",
               help="Rows per actor call. [default: the stage's window: records_per_batch / chunk_size]")
-@click.option("--ray-cpus-per-actor", type=float, default=None, metavar="X",
+@click.option("--ray-cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X",
               help="CPUs each actor reserves (its engine's threads on CPU). [default: 1]")
-@click.option("--ray-gpus-per-actor", type=float, default=None, metavar="X",
+@click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=None, metavar="X",
               help="GPUs each engine actor reserves. [default: 1 per replica on clusters with GPUs for "
                    "engines with device auto/cuda, else 0]")
 @user_errors
