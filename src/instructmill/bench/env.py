@@ -68,6 +68,20 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """``(busy, total)`` CPU seconds of the whole machine since boot, all cores, from the first line
+    of ``/proc/stat`` (busy = user + nice + system + irq + softirq + steal; total adds idle and
+    iowait); ``None`` where ``/proc`` is missing. The benchmarks' noise gauges diff two readings."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
+    return busy / tick, (busy + f[3] + f[4]) / tick
+
+
 def package_version(name: str) -> str | None:
     """Installed version of distribution ``name`` or ``None``."""
     try:

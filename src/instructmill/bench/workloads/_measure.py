@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ...errors import OptionError
 from ..core import ROLE_BASELINE, ROLE_INSTRUCTMILL, EngineResult, Measurement, measure, throughput
-from ..env import REPO_ROOT
+from ..env import REPO_ROOT, machine_cpu_seconds
 
 __all__ = ["CLEAN_SHARE", "Call", "Counts", "Round", "TreeMeasurement", "empty_metrics", "engine_result",
            "measure_tree", "model_name", "require_cuda", "shared_data_path", "skipped_result", "timed_round",
@@ -119,18 +119,6 @@ def _tree_cpu_seconds() -> float | None:
     return total
 
 
-def _machine_cpu_seconds() -> tuple[float, float] | None:
-    """``(busy, total)`` CPU seconds of the whole machine since boot, all cores (``/proc/stat``)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            f = [int(x) for x in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
-    return busy / tick, (busy + f[3] + f[4]) / tick
-
-
 @dataclass
 class TreeMeasurement(Measurement):
     """:class:`~instructmill.bench.core.Measurement` plus a noise gauge: ``others_share`` = share
@@ -157,13 +145,13 @@ def measure_tree(interval: float = 0.1) -> Iterator[TreeMeasurement]:
 
     sampler = threading.Thread(target=sample, name="bench-tree-rss", daemon=True)
     sampler.start()
-    own0, machine0 = _tree_cpu_seconds(), _machine_cpu_seconds()
+    own0, machine0 = _tree_cpu_seconds(), machine_cpu_seconds()
     out = TreeMeasurement()
     try:
         with measure() as m:
             yield out
     finally:
-        own1, machine1 = _tree_cpu_seconds(), _machine_cpu_seconds()
+        own1, machine1 = _tree_cpu_seconds(), machine_cpu_seconds()
         stop.set()
         sampler.join()
         out.seconds = m.seconds

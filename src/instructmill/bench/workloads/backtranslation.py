@@ -62,6 +62,7 @@ from typing import Any, Callable
 
 from ...errors import OptionError
 from ..core import ROLE_BASELINE, ROLE_INSTRUCTMILL, BenchOptions, EngineResult, WorkloadResult, measure, throughput
+from ..env import machine_cpu_seconds
 from ..translation_model import TranslationWorkload, prepare
 
 __all__ = ["ENGINES", "NAME", "run", "CpuSample", "check_device"]
@@ -108,18 +109,8 @@ class CpuSample:
 
     def __init__(self) -> None:
         self.t = time.perf_counter()
-        self.machine = self._machine()
+        self.machine = machine_cpu_seconds()
         self.own = self._own()
-
-    @staticmethod
-    def _machine() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as fh:
-                f = [int(x) for x in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
-        return busy, busy + f[3] + f[4]
 
     @staticmethod
     def _own() -> int | None:
@@ -132,16 +123,16 @@ class CpuSample:
 
     def until_now(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t
-        machine, own = self._machine(), self._own()
+        machine, own = machine_cpu_seconds(), self._own()
         if machine is None or own is None or self.machine is None or self.own is None or wall <= 0:
             return {}
         busy = machine[0] - self.machine[0]
         total = machine[1] - self.machine[1]
-        if total < MIN_TICKS:  # /proc/stat counts 10 ms ticks: a shorter window says nothing
-            return {}
-        mine = own - self.own
         tick = os.sysconf("SC_CLK_TCK")
-        return {"own_cores": round(mine / tick / wall, 2),
+        if total < MIN_TICKS / tick:  # /proc/stat counts 10 ms ticks: a shorter window says nothing
+            return {}
+        mine = (own - self.own) / tick
+        return {"own_cores": round(mine / wall, 2),
                 "others_share": round(max(0, busy - mine) / total, 3) if total > 0 else 0.0}
 
 

@@ -85,6 +85,7 @@ from typing import Any, Callable
 
 from ...errors import OptionError
 from ..core import ROLE_BASELINE, ROLE_INSTRUCTMILL, BenchOptions, EngineResult, WorkloadResult
+from ..env import machine_cpu_seconds
 from ._measure import CLEAN_SHARE, Counts, Round, engine_result, measure_tree
 
 __all__ = ["ENGINES", "NAME", "RayBtModels", "TreeCpu", "pipeline_spec", "prepare_models", "ray_batch_size",
@@ -354,17 +355,6 @@ class TreeCpu:
             except psutil.Error:
                 pass
 
-    @staticmethod
-    def _machine() -> tuple[float, float] | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as fh:
-                f = [int(x) for x in fh.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
-        tick = os.sysconf("SC_CLK_TCK")
-        return busy / tick, (busy + f[3] + f[4]) / tick
-
     def __enter__(self) -> TreeCpu:
         import importlib.util
 
@@ -372,7 +362,7 @@ class TreeCpu:
             return self
         self._sample(self._first)
         self._last.update(self._first)
-        self._machine0, self._t0 = self._machine(), time.perf_counter()
+        self._machine0, self._t0 = machine_cpu_seconds(), time.perf_counter()
 
         def loop() -> None:
             while not self._stop.wait(self.interval):
@@ -391,7 +381,7 @@ class TreeCpu:
         wall = time.perf_counter() - self._t0
         own = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
         self.own_seconds = round(own, 3)
-        machine1 = self._machine()
+        machine1 = machine_cpu_seconds()
         if wall > 0:
             self.own_cores = round(own / wall, 2)
         if self._machine0 is not None and machine1 is not None:
