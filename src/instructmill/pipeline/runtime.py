@@ -51,6 +51,7 @@ from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line, en
 from .engines import EngineRegistry, ServiceFactory
 from .spec import PipelineSpec, SinkSpec, SourceSpec
 from .stages import GeneratorStage, Item, MapStage, build_stage
+from .window import process_rows
 
 __all__ = ["PipelineError", "Runtime"]
 
@@ -308,30 +309,10 @@ class StageNode(_Node):
     # ------------------------------------------------------------------ live
     def _work(self, window: list[Item]) -> tuple[list[bytes], list[Item], list[OutputRecord]]:
         """Worker thread: run the method on a window; checkpoint lines and items to emit."""
-        wanted = [item for item in window if self.stage.wants(item)]
-        started = time.perf_counter()
-        outputs = self.stage.process(wanted)
+        result = process_rows(self.stage, [window])
         with self._busy_lock:
-            self.stats.busy_seconds += time.perf_counter() - started
-        k = self.stage.fanout
-        lines: list[bytes] = []
-        emitted: list[Item] = []
-        produced: list[OutputRecord] = []
-        pos = 0
-        for item in window:
-            if not self.stage.wants(item):
-                lines.append(encode_line({"in": item.record.id, "pass": 1}))
-                emitted.append(item)
-                continue
-            group = outputs[pos * k:(pos + 1) * k]
-            pos += 1
-            line = encode_line({"in": item.record.id, "out": [encode_record(rec) for rec in group]})
-            lines.append(line)
-            # pass on exactly what the checkpoint holds, so a resumed run sees the same records
-            decoded = [decode_record(d) for d in json.loads(line)["out"]]
-            produced.extend(decoded)
-            emitted.extend(Item(rec) for rec in decoded)
-        return lines, emitted, produced
+            self.stats.busy_seconds += result.busy_seconds
+        return result.lines, result.rows[0], result.produced
 
     def run(self) -> None:
         self.stats.start()
