@@ -20,6 +20,7 @@ from ..errors import ResumeError
 from ..io.resume import read_state, repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, dumps_line, format_record
 from ..records import STATUS_OK, OutputRecord
+from .checkpoint import CheckpointFile
 from .spec import PipelineSpec, SinkSpec
 from .stages import Item
 
@@ -73,10 +74,9 @@ class ProgressLog:
 
     def __init__(self, path: str, *, fsync: bool = False):
         self.path = path
-        self.fsync = fsync
         self.rows: dict[str, int] = {}
         self.sizes: dict[str, int] = {}
-        self._fh = None
+        self._file = CheckpointFile(path, fsync=fsync)  # the same append-only, flushed writes
 
     def load(self) -> None:
         """Read the last intact mark (a torn last line, from a kill, is cut off)."""
@@ -96,17 +96,10 @@ class ProgressLog:
         """Record that ``rows`` rows of ``root`` are written and the files have ``sizes``."""
         self.rows[root] = rows
         self.sizes.update(sizes)
-        if self._fh is None:
-            self._fh = open(self.path, "ab")
-        self._fh.write(dumps_line({"rows": self.rows, "sizes": self.sizes}))
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        self._file.append([dumps_line({"rows": self.rows, "sizes": self.sizes})])
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._file.close()
 
 
 class SinkWriter:
