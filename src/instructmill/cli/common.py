@@ -11,6 +11,7 @@ import click
 
 from ..errors import InstructmillError
 from ..records import OutputRecord
+from .progress import Heartbeat
 
 
 def io_options(func: Callable) -> Callable:
@@ -74,7 +75,9 @@ def run_records(*, input_path: str, output: str, fmt: str, input_format: str | N
     from ..io.run import open_run
 
     start = time.perf_counter()
-    with open_run(output, input_path=input_path, settings={**settings, "limit": limit}, resume=resume,
+    # every setting that changes ids or output belongs in the fingerprint (a resume refuses a change)
+    fingerprint = {**settings, "limit": limit, "id_field": id_field}
+    with open_run(output, input_path=input_path, settings=fingerprint, resume=resume,
                   overwrite=overwrite, fmt=fmt) as run:
         records = read_records(input_path, format=input_format, id_field=id_field, strict=strict,
                                on_error=run.error)
@@ -84,13 +87,21 @@ def run_records(*, input_path: str, output: str, fmt: str, input_format: str | N
         bar = tqdm(total=total, unit=unit, desc="records", disable=None, file=sys.stderr,
                    initial=0, dynamic_ncols=True)
         pending = run.pending(_counting(records, bar), output_ids)
-        for out in process(pending):
-            run.write([out])
+        with Heartbeat(bar, lambda: heartbeat_text(run)):
+            for out in process(pending):
+                run.write([out])
         bar.close()
         summary = run.summary()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["output"] = output
     return summary
+
+
+def heartbeat_text(run) -> str:
+    """The heartbeat line of a :class:`~instructmill.io.run.Run`: records read and written so far."""
+    s = run.summary()
+    return (f"{s['read']:,} records read, {s['written_ok'] + s['written_other']:,} written "
+            f"({s['written_ok']:,} ok) to {run.paths.output}")
 
 
 def _counting(records: Iterable, bar) -> Iterator:

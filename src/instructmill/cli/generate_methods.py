@@ -21,7 +21,8 @@ from ..errors import InstructmillError
 from ..methods.evol import EvolOptions
 from ..methods.humpback import HumpbackOptions
 from ..methods.self_instruct import SelfInstructOptions
-from .common import count_lines, io_options, print_summary, user_errors
+from .common import count_lines, heartbeat_text, io_options, print_summary, user_errors
+from .progress import Heartbeat
 from .options import _click_type, _field_help, build_options, dataclass_options
 
 BACKEND_CHOICES = ["auto", "vllm", "ctranslate2", "transformers"]
@@ -167,11 +168,14 @@ def self_instruct(input_path, output, fmt, input_format, resume, overwrite, num_
             except RecordError as exc:
                 click.echo(f"skipping seed: {exc}", err=True)
         done = list(_read_done(run_paths(output))) if run.resumed else []
-        for batch in method.run(seeds, num_instructions, done=done):
-            run.write(batch)
-            s = method.summary
-            click.echo(f"round {s['rounds']}: {s['ok'] + sum(r.get('status') == 'ok' for r in done)} ok "
-                       f"/ {num_instructions}", err=True)
+        rounds = method.run(seeds, num_instructions, done=done)
+        with Heartbeat(None, lambda: f"Self-Instruct round {method.summary['rounds']}, "
+                                     f"{method.summary['ok']} kept so far"):
+            for batch in rounds:
+                run.write(batch)
+                s = method.summary
+                click.echo(f"round {s['rounds']}: {s['ok'] + sum(r.get('status') == 'ok' for r in done)} ok "
+                           f"/ {num_instructions}", err=True)
         summary = run.summary()
     summary.update(seconds=round(time.perf_counter() - started, 2), output=output, read=len(seeds))
     s = method.summary
@@ -286,7 +290,7 @@ def evolve(input_path, output, fmt, input_format, id_field, resume, overwrite, s
     started = time.perf_counter()
     from tqdm import tqdm
 
-    with open_run(output, input_path=input_path, settings={**method.settings(), "limit": limit},
+    with open_run(output, input_path=input_path, settings={**method.settings(), "limit": limit, "id_field": id_field},
                   resume=resume, overwrite=overwrite, fmt=fmt) as run:
         records = read_records(input_path, format=input_format, id_field=id_field, strict=strict,
                                on_error=run.error)
@@ -305,9 +309,10 @@ def evolve(input_path, output, fmt, input_format, id_field, resume, overwrite, s
                     continue
                 yield record
 
-        for out in method.process(pending()):
-            if out.id not in run.done_ids:  # a record half-written before a crash: write the rest
-                run.write([out])
+        with Heartbeat(bar, lambda: heartbeat_text(run)):
+            for out in method.process(pending()):
+                if out.id not in run.done_ids:  # a record half-written before a crash: write the rest
+                    run.write([out])
         bar.close()
         summary = run.summary()
     summary.update(seconds=round(time.perf_counter() - started, 2), output=output,

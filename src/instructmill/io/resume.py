@@ -21,7 +21,9 @@ __all__ = [
     "RunPaths",
     "ScanResult",
     "canonical_json",
+    "add_model_identities",
     "file_sha256",
+    "model_identity",
     "read_state",
     "repair_jsonl",
     "run_paths",
@@ -73,6 +75,73 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: Settings keys whose string values name a model (a folder or a file) whose identity belongs in
+#: the resume fingerprint: the same path can hold another model later (re-converted, replaced).
+MODEL_KEYS = ("model", "models", "forward_model", "backward_model")
+_SMALL_FILE = 1 << 20
+
+
+def model_identity(path: str | os.PathLike[str]) -> str | None:
+    """A short fingerprint of the model at ``path`` (a folder or a single file such as a GGUF).
+
+    SHA-256 over the relative name and size of every file, plus the bytes of every file up to
+    1 MiB (configs, tokenizers, the ``instructmill.json`` manifest with the quantization and its
+    verification). Weights are identified by size, not hashed: hashing gigabytes on every run
+    and resume would cost minutes; a re-conversion to another type, or another model, changes
+    the sizes or the small files.
+
+    Returns:
+        16 hex characters, or ``None`` when ``path`` is neither a file nor a folder (an alias
+        such as ``"embedded"`` or a hub id: their identity is the name).
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        files = [(os.path.basename(path), path)]
+    elif os.path.isdir(path):
+        files = []
+        for folder, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                full = os.path.join(folder, name)
+                files.append((os.path.relpath(full, path), full))
+    else:
+        return None
+    digest = hashlib.sha256()
+    for rel, full in files:
+        try:
+            size = os.path.getsize(full)
+        except OSError:
+            continue
+        digest.update(f"{rel}\0{size}\0".encode("utf-8", "surrogatepass"))
+        if size <= _SMALL_FILE and os.path.isfile(full):
+            with open(full, "rb") as fh:
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
+
+
+def add_model_identities(settings: Any, resolve: Any = None) -> Any:
+    """``settings`` with ``"<key>_identity"`` added beside every model path (see :data:`MODEL_KEYS`)
+    that exists on disk, at any depth, so a resume refuses a model that changed under the same path.
+
+    Args:
+        settings: a settings mapping (nested dicts/lists are walked).
+        resolve: maps a path as written to the one to inspect (pipeline files: relative to the file).
+    """
+    if isinstance(settings, dict):
+        out = {k: add_model_identities(v, resolve) for k, v in settings.items()}
+        for key in MODEL_KEYS:
+            value = settings.get(key)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            ids = [model_identity(resolve(v) if resolve else v) if isinstance(v, str) and v else None
+                   for v in values]
+            if any(ids):
+                out[f"{key}_identity"] = ids if isinstance(value, (list, tuple)) else ids[0]
+        return out
+    if isinstance(settings, (list, tuple)):
+        return [add_model_identities(v, resolve) for v in settings]
+    return settings
 
 
 def _default(obj: Any) -> Any:

@@ -24,9 +24,11 @@ from types import TracebackType
 from typing import Any, Callable, Protocol
 
 from instructmill.errors import OptionError, ResumeError
+from instructmill.io.lock import OutputLock
 from instructmill.io.readers import ReadError
 from instructmill.io.resume import (
     RunPaths,
+    add_model_identities,
     canonical_json,
     file_sha256,
     read_state,
@@ -83,6 +85,8 @@ def open_run(output_path: str | os.PathLike[str], *, input_path: str | os.PathLi
     Raises:
         OptionError: bad ``fmt``, ``output_path == "-"``, both ``resume`` and ``overwrite``,
             or an output file that is the input file.
+        OutputLockedError: another live run writes to ``output_path`` (see
+            :mod:`instructmill.io.lock`); nothing was changed.
         ResumeError: files of an earlier run exist and neither ``resume`` nor ``overwrite``
             is given; or, resuming: the state file is missing while outputs exist, is
             unreadable, or the input content, output format or settings changed.
@@ -100,9 +104,19 @@ def open_run(output_path: str | os.PathLike[str], *, input_path: str | os.PathLi
         for path in paths.all():
             if _same_file(path, source):
                 raise OptionError("output", path, "is the input file")
+    lock = OutputLock(output).acquire()  # before any file is read, deleted or created
+    try:
+        return _open_locked(paths, lock, source=source, settings=settings, resume=resume, overwrite=overwrite,
+                            fmt=fmt, fsync=fsync)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open_locked(paths: RunPaths, lock: OutputLock, *, source: str, settings: dict[str, Any], resume: bool,
+                 overwrite: bool, fmt: str, fsync: bool) -> Run:
     existing = [p for p in paths.all() if os.path.exists(p)]
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
+    settings = add_model_identities(settings)
 
     if existing and overwrite:
         for path in existing:
@@ -131,7 +145,7 @@ def open_run(output_path: str | os.PathLike[str], *, input_path: str | os.PathLi
             "sessions": 1,
         }
         write_state(paths.state, state)
-        return Run(paths, fmt=fmt, state=state, resumed=False, fsync=fsync)
+        return Run(paths, fmt=fmt, state=state, resumed=False, fsync=fsync, lock=lock)
 
     state = read_state(paths.state)
     _check_resumable(state, paths, source, settings, settings_fp, fmt)
@@ -140,7 +154,7 @@ def open_run(output_path: str | os.PathLike[str], *, input_path: str | os.PathLi
         ("errors", paths.errors, "line"))}
     state.update(input=source, updated=_now(), sessions=int(state.get("sessions", 1)) + 1)
     write_state(paths.state, state)
-    return Run(paths, fmt=fmt, state=state, resumed=True, fsync=fsync, scans=scans)
+    return Run(paths, fmt=fmt, state=state, resumed=True, fsync=fsync, scans=scans, lock=lock)
 
 
 def _plain(settings: dict[str, Any]) -> Any:
@@ -188,8 +202,9 @@ class Run:
     """
 
     def __init__(self, paths: RunPaths, *, fmt: str, state: dict[str, Any], resumed: bool,
-                 fsync: bool = False, scans: dict[str, Any] | None = None):
+                 fsync: bool = False, scans: dict[str, Any] | None = None, lock: OutputLock | None = None):
         self.paths = paths
+        self._lock = lock
         self.fmt = fmt
         self.resumed = resumed
         self._state = state
@@ -324,14 +339,18 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        for writer in (self._out, self._discards, self._err):
-            if writer is not None:
-                writer.close()
-        summary = self.summary()
-        self._state["updated"] = _now()
-        self._state["counts"] = {k: summary[k] for k in ("total_ok", "total_other",
-                                                         "total_errors")}
-        write_state(self.paths.state, self._state)
+        try:
+            for writer in (self._out, self._discards, self._err):
+                if writer is not None:
+                    writer.close()
+            summary = self.summary()
+            self._state["updated"] = _now()
+            self._state["counts"] = {k: summary[k] for k in ("total_ok", "total_other",
+                                                             "total_errors")}
+            write_state(self.paths.state, self._state)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     @property
     def closed(self) -> bool:

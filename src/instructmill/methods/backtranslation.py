@@ -31,7 +31,7 @@ from ..engine.chain import translate_chain
 from ..engine.scheduler import BatchingOptions
 from ..engine.translation import TranslationBackend
 from ..errors import OptionError, RecordError
-from ..iterutil import chunked
+from ..iterutil import ChunkSizer
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
 from .quality import QualityOptions, check_paraphrase, worst_status
 from .segmentation import Document, Segmenter
@@ -46,7 +46,9 @@ class BackTranslationOptions:
         pivots: pivot languages; each gives one paraphrase per record (ids get ``":<pivot>"``
             appended when there is more than one).
         fields: Example fields to paraphrase (``instruction``, ``input``, ``output``).
-        chunk_size: records translated together (bounds memory; bigger = fuller batches).
+        chunk_size: the most records translated together (bounds memory; bigger = fuller batches).
+            Chunks start small and grow while one takes under ~2 s, so output is written every
+            few seconds whatever the record length (:class:`~instructmill.iterutil.ChunkSizer`).
         quality: thresholds for the output checks.
     """
 
@@ -117,6 +119,8 @@ class BackTranslator:
                  ct2_options=None, allow_unverified: bool = False):
         self.options = options or BackTranslationOptions()
         self.batching = batching or BatchingOptions()
+        self.ct2_options = ct2_options
+        self._sizer = ChunkSizer(self.options.chunk_size)
         if models is None:
             from ..models.translation import load_round_trip
 
@@ -182,6 +186,8 @@ class BackTranslator:
     # --------------------------------------------------------------- records
     def settings(self) -> dict[str, Any]:
         """Provenance of this method (written into every record and the resume fingerprint)."""
+        from ..models.translation import decoding_settings
+
         return {
             "method": self.method,
             "source_lang": self.options.source_lang,
@@ -189,6 +195,7 @@ class BackTranslator:
             "fields": list(self.options.fields),
             "quality": asdict(self.options.quality),
             "engines": {pivot: [fwd.settings(), bwd.settings()] for pivot, (fwd, bwd) in self.models.items()},
+            "decoding": decoding_settings(self.ct2_options),
         }
 
     def output_ids(self, record_id: str) -> list[str]:
@@ -213,7 +220,8 @@ class BackTranslator:
         A record whose shape has no usable example (e.g. ``instruction`` not a string) yields a
         record with ``status: "invalid_record"`` and the error in ``extra``; nothing is dropped.
         """
-        for chunk in chunked(records, self.options.chunk_size):
+        # chunks sized by time (at most chunk_size): finished records reach the output every few seconds
+        for chunk in self._sizer.chunks(records):
             yield from self._process_chunk(chunk)
 
     def _process_chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:

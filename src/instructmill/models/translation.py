@@ -45,6 +45,7 @@ def load_direction(spec: str | None, source_lang: str, target_lang: str, *, ct2_
     if spec is None or spec == EMBEDDED:
         from ..engine.bergamot_backend import BergamotBackend
 
+        _refuse_decoding_options(ct2_options)
         return BergamotBackend(source_lang, target_lang)
     from ..engine.ctranslate2_backend import CTranslate2Backend, CTranslate2Options
 
@@ -53,6 +54,33 @@ def load_direction(spec: str | None, source_lang: str, target_lang: str, *, ct2_
     folder = resolve_ct2_model(spec, quantization=quantization)
     return CTranslate2Backend(folder, source_lang=source_lang, target_lang=target_lang, options=options,
                               allow_unverified=allow_unverified)
+
+
+#: CTranslate2 options that change what is decoded (not only how fast): the embedded Bergamot
+#: engine decodes greedily with fixed limits, so it refuses any of them set to another value.
+DECODING_OPTIONS = ("beam_size", "length_penalty", "repetition_penalty", "no_repeat_ngram_size",
+                    "max_decoding_length", "decoding_length_ratio", "min_decoding_length", "sampling_topk",
+                    "sampling_temperature")
+
+
+def decoding_settings(ct2_options=None) -> dict:
+    """The :data:`DECODING_OPTIONS` of ``ct2_options`` (defaults when ``None``), for fingerprints."""
+    from ..engine.ctranslate2_backend import CTranslate2Options
+
+    options = ct2_options or CTranslate2Options()
+    return {name: getattr(options, name) for name in DECODING_OPTIONS}
+
+
+def _refuse_decoding_options(ct2_options) -> None:
+    if ct2_options is None:
+        return
+    from ..engine.ctranslate2_backend import CTranslate2Options
+
+    defaults = decoding_settings(CTranslate2Options())
+    for name, value in decoding_settings(ct2_options).items():
+        if value != defaults[name] and not (name == "beam_size" and value == 1):
+            raise OptionError(name, value, "the embedded models decode greedily with their own engine; "
+                              "decoding options apply to CTranslate2 models (--model / --forward-model)")
 
 
 def load_round_trip(*, model: str | None, forward_model: str | None, backward_model: str | None,

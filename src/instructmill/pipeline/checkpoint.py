@@ -24,8 +24,9 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from ..errors import OptionError, ResumeError
-from ..io.resume import canonical_json, file_sha256, read_state, repair_jsonl, run_paths, settings_diff, \
+from ..io.resume import add_model_identities, canonical_json, file_sha256, read_state, repair_jsonl, run_paths, settings_diff, \
     settings_sha256, write_state
+from ..io.lock import lock_outputs
 from ..io.writers import dumps_line
 from ..records import Example, OutputRecord
 from .spec import PipelineSpec
@@ -142,6 +143,7 @@ class StateDir:
             self.path = f"{stem}.pipeline"
         self.state_file = os.path.join(self.path, "state.json")
         self.state: dict[str, Any] = {}
+        self._locks: Any = None
 
     def stage_file(self, name: str) -> str:
         return os.path.join(self.path, f"stage-{name}.jsonl")
@@ -183,12 +185,28 @@ class StateDir:
         Raises:
             OptionError: both ``resume`` and ``overwrite``; a sink that is a source file; a
                 missing source file.
+            OutputLockedError: another live run writes to one of the sinks.
             ResumeError: outputs of an earlier run exist and neither flag is given; resuming
                 without a state file, with another state version, or after the pipeline or an
                 input file changed (the message says what changed).
         """
         if resume and overwrite:
             raise OptionError("resume", True, "--resume and --overwrite exclude each other")
+        # One writer per output: lock every sink before any file is read, deleted or created.
+        self._locks = lock_outputs([self.spec.resolve(sink.path) for sink in self.spec.sinks])
+        try:
+            return self._prepare_locked(resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Release the sinks' locks taken by :meth:`prepare` (idempotent; call when the run ends)."""
+        if self._locks is not None:
+            self._locks.release()
+            self._locks = None
+
+    def _prepare_locked(self, *, resume: bool, overwrite: bool) -> bool:
         sources = {os.path.realpath(self.spec.resolve(s.path)) for s in self.spec.sources.values()}
         for sink in self.spec.sinks:
             for path in sink_files(self.spec.resolve(sink.path))[:2]:
@@ -210,6 +228,7 @@ class StateDir:
             raise ResumeError(f"{shown} already exist(s) from an earlier run; pass --resume to continue it "
                               "or --overwrite to start over")
         fingerprint = self.spec.fingerprint_data()
+        fingerprint["engines"] = add_model_identities(fingerprint["engines"], self.spec.resolve)
         if existing:
             if not os.path.exists(self.state_file):
                 raise ResumeError(f"cannot resume: {', '.join(existing[:4])} exist(s) but the pipeline state "

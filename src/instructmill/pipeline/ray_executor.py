@@ -109,8 +109,6 @@ class RayExecutor:
             ResumeError: as the local executor, and when the run was started by the local one.
             PipelineError: a stage, source or sink failed (the message names it).
         """
-        from .report import build_report, write_reports
-
         ray = import_ray()
         self._check_engines_picklable(ray)
         spec = self.spec
@@ -118,10 +116,21 @@ class RayExecutor:
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         check_executor(spec, "ray", resume=resume)
         state = StateDir(spec)
+        try:
+            return self._run_locked(ray, state, resume=resume, overwrite=overwrite, on_ready=on_ready,
+                                    on_batch=on_batch, wall0=wall0, started_at=started_at)
+        finally:
+            state.release()  # the sinks' locks, taken by prepare
+
+    def _run_locked(self, ray: Any, state: StateDir, *, resume: bool, overwrite: bool, on_ready: Any,
+                    on_batch: Any, wall0: float, started_at: str) -> dict[str, Any]:
+        from .report import build_report, write_reports
+
+        spec = self.spec
         progress_path = os.path.join(state.path, PROGRESS_FILE)
+        resumed = state.prepare(resume=resume, overwrite=overwrite)
         if overwrite and os.path.exists(progress_path):
             os.unlink(progress_path)
-        resumed = state.prepare(resume=resume, overwrite=overwrite)
         if not resumed:
             if os.path.exists(progress_path):
                 os.unlink(progress_path)
