@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -117,18 +118,30 @@ class JsonlWriter:
         path: the file (created if missing; its folder must exist).
         append: keep existing content (default) or truncate the file first.
         fsync: call ``os.fsync`` after each batch so that a power loss cannot lose lines
-            already reported written (slower). Without it lines are flushed to the OS only.
+            already reported written (slower).
+        fsync_seconds: without ``fsync``, still fsync a batch when the last fsync is this many
+            seconds old (and on close), so a power loss loses at most that much work (a process
+            kill loses nothing flushed: the OS holds it). ``None``: flush to the OS only.
 
     Each :meth:`write_many` batch is encoded first and handed to the OS in one write, then
     flushed, so a crash can leave at most a torn last line (which ``io.resume`` repairs).
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], append: bool = True, *, fsync: bool = False):
+    def __init__(self, path: str | os.PathLike[str], append: bool = True, *, fsync: bool = False,
+                 fsync_seconds: float | None = 5.0):
         self.path = os.fspath(path)
         self.fsync = fsync
+        self.fsync_seconds = fsync_seconds
         self.lines_written = 0
         self._fh = open(self.path, "ab" if append else "wb")
+        self._synced = time.monotonic()
+
+    def _sync(self, force: bool = False) -> None:
+        due = self.fsync_seconds is not None and time.monotonic() - self._synced >= self.fsync_seconds
+        if self.fsync or due or (force and self.fsync_seconds is not None):
+            os.fsync(self._fh.fileno())
+            self._synced = time.monotonic()
 
     def write(self, obj: Any) -> None:
         """Write one object (and flush)."""
@@ -143,8 +156,7 @@ class JsonlWriter:
             raise ValueError(f"{self.path} is closed")
         self._fh.write(b"".join(lines))
         self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        self._sync()
         self.lines_written += len(lines)
         return len(lines)
 
@@ -155,10 +167,11 @@ class JsonlWriter:
     def close(self) -> None:
         """Flush and close the file (idempotent)."""
         if not self._fh.closed:
-            self._fh.flush()
-            if self.fsync:
-                os.fsync(self._fh.fileno())
-            self._fh.close()
+            try:
+                self._fh.flush()
+                self._sync(force=True)
+            finally:
+                self._fh.close()
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -46,6 +46,7 @@ from typing import Any, Callable
 from ..errors import InstructmillError, RecordError, ResumeError
 from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
+from ..iterutil import ChunkSizer
 from ..records import STATUS_OK, Example, OutputRecord
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line, encode_record
 from .engines import EngineRegistry, ServiceFactory
@@ -273,6 +274,9 @@ class StageNode(_Node):
         self.flush_seconds = flush_seconds
         self.resumed = resumed
         self._busy_lock = threading.Lock()
+        # windows of long records would hold minutes of work before their checkpoint line:
+        # such stages size windows by time (the window option is the most)
+        self._sizer = ChunkSizer(stage.window) if stage.timed_window else None
 
     # ----------------------------------------------------------------- replay
     def _replay(self) -> None:
@@ -312,6 +316,8 @@ class StageNode(_Node):
         result = process_rows(self.stage, [window])
         with self._busy_lock:
             self.stats.busy_seconds += result.busy_seconds
+            if self._sizer is not None and sum(1 for it in window if self.stage.wants(it)) >= self._sizer.size:
+                self._sizer.observe(result.busy_seconds)
         return result.lines, result.rows[0], result.produced
 
     def run(self) -> None:
@@ -319,6 +325,11 @@ class StageNode(_Node):
         self._replay()
         stage = self.stage
         cap = 2 * stage.window + 64  # window length incl. pass-through records
+
+        def full(wanted: int, length: int) -> bool:
+            size = self._sizer.size if self._sizer is not None else stage.window
+            return wanted >= size or length >= min(cap, 2 * size + 64)
+
         inflight: collections.deque[tuple[list[Item], cf.Future]] = collections.deque()
         pool = cf.ThreadPoolExecutor(max_workers=stage.concurrency, thread_name_prefix=f"stage-{self.name}")
 
@@ -355,7 +366,7 @@ class StageNode(_Node):
                 self.stats.records_in += 1
                 window.append(item)
                 wanted += stage.wants(item)
-                if wanted >= stage.window or len(window) >= cap:
+                if full(wanted, len(window)):
                     submit(window)
                     window, wanted = [], 0
                 harvest(block=False)
@@ -551,16 +562,24 @@ class Runtime:
             on_ready: called with ``{"state_dir", "resumed"}`` once the run is set up (tests).
 
         Raises:
+            OutputLockedError: another live run writes to one of the sinks.
             ResumeError: outputs exist without ``resume``/``overwrite``, or resuming is unsafe.
             PipelineSpecError / OptionError: an engine or stage refuses its options.
             PipelineError: a stage, source or sink failed (all threads are stopped first).
         """
+        state = StateDir(self.spec)
+        try:
+            return self._run(state, resume=resume, overwrite=overwrite, on_ready=on_ready)
+        finally:
+            state.release()  # the sinks' locks, taken by prepare
+
+    def _run(self, state: StateDir, *, resume: bool, overwrite: bool,
+             on_ready: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         from .report import build_report, write_reports
 
         spec = self.spec
         wall0 = time.perf_counter()
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        state = StateDir(spec)
         resumed = state.prepare(resume=resume, overwrite=overwrite)
         if on_ready is not None:
             on_ready({"state_dir": state.path, "resumed": resumed})

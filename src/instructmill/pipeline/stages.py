@@ -123,6 +123,10 @@ class MethodInfo:
         stateful: the stage remembers earlier records (dedup): one window at a time, replayed on
             resume.
         concurrency: windows in flight by default.
+        timed_window: windows are sized by time (at most the window option), so a stage of long
+            records still checkpoints every few seconds (:class:`~instructmill.iterutil.ChunkSizer`).
+            Only for stages whose engine stays full with small windows (translation batches are
+            cut from segments); an LLM stage needs many requests in flight.
         description: one line for ``--help`` and error messages.
     """
 
@@ -134,6 +138,7 @@ class MethodInfo:
     generator: bool = False
     stateful: bool = False
     concurrency: int = 1
+    timed_window: bool = False
     description: str = ""
 
 
@@ -153,7 +158,7 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                description="Evol-Instruct in-depth / in-breadth rewriting (Xu et al. 2023)"),
     MethodInfo("back-translate", "translation", _lazy("instructmill.methods.backtranslation",
                                                       "BackTranslationOptions"),
-               exclude=("source_lang", "pivots"), window_field="chunk_size",
+               exclude=("source_lang", "pivots"), window_field="chunk_size", timed_window=True,
                description="paraphrase fields by round-trip translation"),
     MethodInfo("filter", None, _lazy("instructmill.pipeline.filters", "FilterOptions"),
                description="length / keyword / regex / status rules"),
@@ -186,8 +191,9 @@ class MapStage:
         method: the method's name (:data:`METHODS`).
         process: ``process(items) -> list[OutputRecord]``: ``fanout`` outputs per item, in order.
         fanout: outputs per wanted item.
-        window: wanted items per method call.
+        window: wanted items per method call (the most, with ``timed_window``).
         concurrency: windows in flight.
+        timed_window: size windows by time (see :class:`MethodInfo`).
         wants: which records the stage takes (default: status ``ok``).
         replay: rebuilds the stage's state from outputs it wrote before a crash (dedup).
         summary: the method's counters for the report.
@@ -197,7 +203,7 @@ class MapStage:
     generator = False
 
     def __init__(self, name: str, method: str, process: Callable[[list[Item]], list[OutputRecord]], *,
-                 fanout: int = 1, window: int = 256, concurrency: int = 1,
+                 fanout: int = 1, window: int = 256, concurrency: int = 1, timed_window: bool = False,
                  wants: Callable[[OutputRecord], bool] | None = None,
                  replay: Callable[[list[OutputRecord]], None] | None = None,
                  summary: Callable[[], dict[str, Any]] | None = None,
@@ -208,6 +214,7 @@ class MapStage:
         self.fanout = fanout
         self.window = window
         self.concurrency = concurrency
+        self.timed_window = timed_window
         self._wants = wants
         self._replay = replay
         self._summary = summary
@@ -344,7 +351,7 @@ def build_stage(spec: StageSpec, engines: EngineRegistry, *, base_dir: str | os.
         translator = BackTranslator(models=engines.translation_clients(spec.engine, name), options=bt_options,
                                     batching=engine.batching)
         return MapStage(name, spec.method, _chunked_process(translator), fanout=len(engine.pivots),
-                        window=window, concurrency=concurrency,
+                        window=window, concurrency=concurrency, timed_window=info.timed_window,
                         summary=lambda: {"seconds": round(translator.seconds, 3)})
 
     if spec.method == "filter":
