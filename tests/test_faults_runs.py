@@ -236,3 +236,47 @@ def test_heartbeat_prints_lines_when_stderr_is_not_a_terminal(tmp_path):
     lines = stream.getvalue().splitlines()
     assert 2 <= len(lines) <= 4
     assert all(line.startswith("instructmill: 3 records read, ") and line.endswith(" s") for line in lines)
+
+
+# ------------------------------------------------------------------------------ bounded bookkeeping
+
+def test_idset_is_a_set_with_optional_values():
+    from instructmill.io.idset import IdSet
+
+    for with_values in (False, True):
+        ids = IdSet(with_values=with_values)
+        for i in range(50_000):
+            assert ids.add(f"L{i}-{i * 7919 % 65536:04x}", i)
+        assert len(ids) == 50_000
+        assert not ids.add("L5-9ac3", 1)  # already there: kept as it was
+        assert ids.get("L17-" + f"{17 * 7919 % 65536:04x}") == (17 if with_values else 0)
+        assert "L49999-" + f"{49999 * 7919 % 65536:04x}" in ids
+        assert "L50000-0000" not in ids and ids.get("nope") is None and 5 not in ids
+        assert ids.nbytes <= (32 if with_values else 16) * 50_000
+
+
+def test_reader_reports_duplicates_with_their_first_line_and_holds_no_strings(tmp_path):
+    from instructmill.io import read_records
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"id": "a"}, {"id": "b"}, {"id": "a"}, {"id": "c"}, {"id": "b"}]
+    path.write_text("".join(json.dumps({**r, "instruction": "x"}) + "\n" for r in rows))
+    errors = []
+    got = [r.id for r in read_records(path, on_error=errors.append)]
+    assert got == ["a", "b", "c"]
+    assert [(e.line, e.error) for e in errors] == [(3, "duplicate id 'a' (first seen on line 1)"),
+                                                  (5, "duplicate id 'b' (first seen on line 2)")]
+
+
+def test_run_guards_repeats_within_the_recent_window(tmp_path):
+    from instructmill.io import run as run_module
+    from instructmill.records import Example, OutputRecord
+
+    data = _rows(tmp_path / "in.jsonl", 3)
+    rec = lambda i: OutputRecord(id=f"x{i}", example=Example(instruction="q", output="a"))  # noqa: E731
+    with open_run(tmp_path / "o.jsonl", input_path=data, settings={}) as run:
+        for i in range(run_module.RECENT_IDS):
+            run.write([rec(i)])
+        with pytest.raises(RuntimeError, match="twice"):
+            run.write([rec(run_module.RECENT_IDS - 1)])
+    assert len(_ids(tmp_path / "o.jsonl")) == run_module.RECENT_IDS

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from instructmill.errors import OptionError, RecordError
+from instructmill.io.idset import IdSet
 from instructmill.records import Example, InputRecord
 
 __all__ = [
@@ -195,22 +196,46 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         rows = _json_rows(name)
     else:
         rows = _csv_rows(name, "\t" if fmt == "tsv" else ",")
-    seen: dict[str, int] = {}
+    seen = IdSet()  # hashed ids, 8 bytes each: flat memory however long the input (io/idset.py)
+    duplicates = 0
     for line, obj, raw in rows:
         if isinstance(obj, ReadError):
             _report(obj, name, strict, on_error)
             continue
         rid = _record_id(obj, line, id_field)
-        first = seen.get(rid)
-        if first is not None:
-            err = ReadError(line, f"duplicate id {rid!r} (first seen on line {first})",
-                            _raw_text(raw), name)
+        if not seen.add(rid):
+            duplicates += 1
+            first = _first_line(name, fmt, id_field, rid, line) if duplicates <= _DUPLICATES_LOCATED else None
+            where = f"first seen on line {first}" if first is not None else "seen on an earlier line"
+            err = ReadError(line, f"duplicate id {rid!r} ({where})", _raw_text(raw), name)
             if strict:
                 raise RecordError(err.error, record=rid, line=line, source=name)
             _report(err, name, strict, on_error)
             continue
-        seen[rid] = line
         yield InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+
+
+#: Duplicate ids whose first line is looked up (each lookup re-reads the file up to that line).
+_DUPLICATES_LOCATED = 100
+
+
+def _first_line(name: str, fmt: str, id_field: str, rid: str, before: int) -> int | None:
+    """The line where ``rid`` first appears (re-read from the file: the id set keeps no lines)."""
+    if name == "-" or fmt not in ("jsonl", "csv", "tsv", "json"):
+        return None
+    rows = _jsonl_rows(name) if fmt == "jsonl" else _json_rows(name) if fmt == "json" else \
+        _csv_rows(name, "\t" if fmt == "tsv" else ",")
+    try:
+        for line, obj, _raw in rows:
+            if line >= before:
+                return None
+            if not isinstance(obj, ReadError) and _record_id(obj, line, id_field) == rid:
+                return line
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+    return None
 
 
 def _report(err: ReadError, name: str, strict: bool,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,8 +243,12 @@ class ScanResult:
     dropped_bytes: int = 0
 
 
-def repair_jsonl(path: str, key: str) -> ScanResult:
+def repair_jsonl(path: str, key: str, on_line: Callable[[Any, Any], None] | None = None) -> ScanResult:
     """Repair a torn tail of a JSONL file and return the ``key`` of every intact line.
+
+    With ``on_line``, each intact line's ``(key value, status)`` is passed to it instead of being
+    kept in the result (``values`` / ``statuses`` stay empty): a resume then holds no list that
+    grows with the file.
 
     A line is intact when it ends with ``"\\n"`` and holds a JSON object with ``key``. Lines
     that are not intact at the end of the file (a write cut short by a crash: a last line
@@ -281,8 +285,11 @@ def repair_jsonl(path: str, key: str) -> ScanResult:
                     f"{path}, line {bad_line}: not a valid record, but valid records follow it "
                     "(only a torn last line can be repaired); fix or remove that line, or pass "
                     "--overwrite to start the run again")
-            result.values.append(obj[key])
-            result.statuses.append(obj.get("status"))
+            if on_line is not None:
+                on_line(obj[key], obj.get("status"))
+            else:
+                result.values.append(obj[key])
+                result.statuses.append(obj.get("status"))
             good_end = offset
     if good_end < offset:
         os.truncate(path, good_end)

@@ -15,6 +15,7 @@ is redone on resume); every unreadable input line reaches the errors file once.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 from collections import Counter
@@ -24,6 +25,7 @@ from types import TracebackType
 from typing import Any, Callable, Protocol
 
 from instructmill.errors import OptionError, ResumeError
+from instructmill.io.idset import IdSet
 from instructmill.io.lock import OutputLock
 from instructmill.io.readers import ReadError
 from instructmill.io.resume import (
@@ -44,6 +46,8 @@ from instructmill.records import STATUS_OK, OutputRecord
 __all__ = ["Run", "open_run"]
 
 STATE_VERSION = 1
+#: Ids written in this session that :meth:`Run.write` remembers to refuse a repeat.
+RECENT_IDS = 4096
 
 
 class _HasId(Protocol):
@@ -149,12 +153,20 @@ def _open_locked(paths: RunPaths, lock: OutputLock, *, source: str, settings: di
 
     state = read_state(paths.state)
     _check_resumable(state, paths, source, settings, settings_fp, fmt)
-    scans = {name: repair_jsonl(path, key) for name, path, key in (
-        ("output", paths.output, "id"), ("discards", paths.discards, "id"),
-        ("errors", paths.errors, "line"))}
+    done = IdSet()
+    previous: Counter[str] = Counter()
+
+    def on_done(value: Any, status: Any) -> None:
+        done.add(str(value))
+        previous[str(status) if status is not None else "?"] += 1
+
+    scans = {"output": repair_jsonl(paths.output, "id", on_done),
+             "discards": repair_jsonl(paths.discards, "id", on_done),
+             "errors": repair_jsonl(paths.errors, "line")}
     state.update(input=source, updated=_now(), sessions=int(state.get("sessions", 1)) + 1)
     write_state(paths.state, state)
-    return Run(paths, fmt=fmt, state=state, resumed=True, fsync=fsync, scans=scans, lock=lock)
+    return Run(paths, fmt=fmt, state=state, resumed=True, fsync=fsync, scans=scans, lock=lock, done=done,
+               previous=previous)
 
 
 def _plain(settings: dict[str, Any]) -> Any:
@@ -196,13 +208,16 @@ class Run:
         paths: the run's files.
         fmt: output shape.
         resumed: whether earlier results were found and kept.
-        done_ids: ids already in the output or discards file (grows as records are written).
+        done_ids: ids an earlier session wrote to the output or discards file (an
+            :class:`~instructmill.io.idset.IdSet` of 64-bit hashes); ids written in this session
+            are not added (see :data:`RECENT_IDS`).
         done_error_lines: input lines already in the errors file.
         repaired: ``{file: lines cut off}`` for the files whose torn tail was repaired.
     """
 
     def __init__(self, paths: RunPaths, *, fmt: str, state: dict[str, Any], resumed: bool,
-                 fsync: bool = False, scans: dict[str, Any] | None = None, lock: OutputLock | None = None):
+                 fsync: bool = False, scans: dict[str, Any] | None = None, lock: OutputLock | None = None,
+                 done: IdSet | None = None, previous: Counter[str] | None = None):
         self.paths = paths
         self._lock = lock
         self.fmt = fmt
@@ -210,17 +225,15 @@ class Run:
         self._state = state
         self._fsync = fsync
         scans = scans or {}
-        self.done_ids: set[str] = set()
+        # ids an earlier session wrote, hashed (11-16 bytes each, io/idset.py); ids written in this
+        # session are guarded by a window of the latest ones: input ids are unique (the reader
+        # refuses duplicates) and written in input order, so a repeat can only come from a
+        # method re-emitting recent records, and memory stays flat however long the run
+        self.done_ids: IdSet = done if done is not None else IdSet()
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.done_error_lines: set[int] = set()
         self.repaired: dict[str, int] = {}
-        self._previous: Counter[str] = Counter()
-        for name in ("output", "discards"):
-            scan = scans.get(name)
-            if scan is None:
-                continue
-            for value, status in zip(scan.values, scan.statuses):
-                self.done_ids.add(str(value))
-                self._previous[str(status) if status is not None else "?"] += 1
+        self._previous: Counter[str] = previous if previous is not None else Counter()
         if "errors" in scans:
             self.done_error_lines = {v for v in scans["errors"].values if isinstance(v, int)}
         for scan in scans.values():
@@ -264,8 +277,9 @@ class Run:
         """Write a batch: status ``"ok"`` to the output, any other status to the discards.
 
         Raises:
-            RuntimeError: an id in the batch was already written (in this run or before a
-                resume) or appears twice in the batch; nothing of the batch is written.
+            RuntimeError: an id in the batch was already written (before a resume, or among the
+                latest :data:`RECENT_IDS` of this session) or appears twice in the batch; nothing
+                of the batch is written.
             ValueError: the run is closed.
         """
         if self._closed:
@@ -273,7 +287,7 @@ class Run:
         ids = [rec.id for rec in out_records]
         seen: set[str] = set()
         for rid in ids:
-            if rid in self.done_ids or rid in seen:
+            if rid in self.done_ids or rid in self._recent or rid in seen:
                 raise RuntimeError(f"record id {rid!r} would be written twice to {self.paths.output}"
                                    " (or its discards); this is a bug in the caller")
             seen.add(rid)
@@ -285,7 +299,10 @@ class Run:
             if self._discards is None:
                 self._discards = JsonlWriter(self.paths.discards, append=True, fsync=self._fsync)
             self._discards.write_many(bad)
-        self.done_ids.update(ids)
+        for rid in ids:
+            self._recent[rid] = None
+        while len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
         self._by_status.update(rec.status for rec in out_records)
 
     def error(self, err: ReadError) -> None:
