@@ -248,7 +248,7 @@ def test_idset_is_a_set_with_optional_values():
         for i in range(50_000):
             assert ids.add(f"L{i}-{i * 7919 % 65536:04x}", i)
         assert len(ids) == 50_000
-        assert not ids.add("L5-9ac3", 1)  # already there: kept as it was
+        assert not ids.add(f"L5-{5 * 7919 % 65536:04x}", 1)  # already there: kept as it was
         assert ids.get("L17-" + f"{17 * 7919 % 65536:04x}") == (17 if with_values else 0)
         assert "L49999-" + f"{49999 * 7919 % 65536:04x}" in ids
         assert "L50000-0000" not in ids and ids.get("nope") is None and 5 not in ids
