@@ -228,7 +228,7 @@ def test_chunk_sizer_keeps_every_item_in_order():
 def test_heartbeat_prints_lines_when_stderr_is_not_a_terminal(tmp_path):
     import io
 
-    from instructmill.cli.progress import Heartbeat
+    from instructmill.progress import Heartbeat
 
     stream = io.StringIO()
     with Heartbeat(None, lambda: "3 records read", interval=0.05, line_seconds=0.2, stream=stream):

@@ -11,7 +11,7 @@ import click
 
 from ..errors import InstructmillError
 from ..records import OutputRecord
-from .progress import Heartbeat
+from ..progress import Heartbeat
 
 
 def io_options(func: Callable) -> Callable:

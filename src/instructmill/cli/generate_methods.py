@@ -22,7 +22,7 @@ from ..methods.evol import EvolOptions
 from ..methods.humpback import HumpbackOptions
 from ..methods.self_instruct import SelfInstructOptions
 from .common import count_lines, heartbeat_text, io_options, print_summary, user_errors
-from .progress import Heartbeat
+from ..progress import Heartbeat
 from .options import _click_type, _field_help, build_options, dataclass_options
 
 BACKEND_CHOICES = ["auto", "vllm", "ctranslate2", "transformers"]

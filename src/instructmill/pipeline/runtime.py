@@ -46,6 +46,7 @@ from typing import Any, Callable
 from ..errors import InstructmillError, RecordError, ResumeError
 from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
+from ..progress import Heartbeat
 from ..iterutil import ChunkSizer
 from ..records import STATUS_OK, Example, OutputRecord
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line, encode_record
@@ -529,6 +530,12 @@ class SinkNode(_Node):
         self.stats.finished = self.stats.now()
 
 
+def _progress_text(nodes: list[_Node]) -> str:
+    """The heartbeat line: records out of every stage and sink so far."""
+    parts = [f"{n.stats.kind} {n.name}: {n.stats.records_out:,}" for n in nodes if n.stats.kind in ("stage", "sink")]
+    return "; ".join(parts) or "starting"
+
+
 # ------------------------------------------------------------------------------ runtime
 
 class Runtime:
@@ -605,7 +612,9 @@ class Runtime:
             run0 = time.perf_counter()
             setup_seconds = run0 - wall0
             nodes = self._wire(spec, state, stages, stop, resumed, bars, run0)
-            self._start_and_wait(nodes, stop, failures, registry)
+            # off a terminal (no bars) a line every 10 s says the run is alive and how far it got
+            with Heartbeat(None if not self.progress else bars[0] if bars else None, lambda: _progress_text(nodes)):
+                self._start_and_wait(nodes, stop, failures, registry)
         except KeyboardInterrupt:
             stop.set()
             registry.close()
