@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from ..engine.llm import LLMEngineOptions, SamplingOptions
+from ..engine.llm_backends import backend_names
 from ..errors import InstructmillError
 from ..methods.evol import EvolOptions
 from ..methods.humpback import HumpbackOptions
@@ -25,7 +26,7 @@ from .common import count_lines, heartbeat_text, io_options, print_summary, user
 from ..progress import Heartbeat
 from .options import _click_type, _field_help, build_options, dataclass_options
 
-BACKEND_CHOICES = ["auto", "vllm", "ctranslate2", "transformers"]
+BACKEND_CHOICES = backend_names()  # the registry of engine.llm_backends
 
 
 # ------------------------------------------------------------------------------ shared flags
@@ -83,7 +84,8 @@ def llm_options(func: Callable) -> Callable:
                         help="Model: 'embedded' (default: SmolLM2-135M-Instruct), a known name, an HF "
                              "folder, a CTranslate2 folder, a GGUF file or a hub id.")(func)
     func = click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-                        help="LLM engine (auto: vLLM when installed, else CTranslate2).")(func)
+                        help="LLM engine (auto: openai when --base-url is given, else vLLM when installed, else "
+                             "CTranslate2; openai: any OpenAI-compatible server at --base-url).")(func)
     return func
 
 

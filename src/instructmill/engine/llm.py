@@ -54,6 +54,11 @@ class SamplingOptions:
         stop: strings that end a sample; they are not included in the text.
         repetition_penalty: > 1 discourages repeats (CTRL, Keskar et al. 2019; vLLM's definition).
         ignore_eos: keep generating after EOS (benchmarks: fixed output length).
+        json_schema: constrain the output to JSON matching this JSON schema (a dict): vLLM's
+            structured outputs (``StructuredOutputsParams(json=...)``) in process, the
+            ``response_format`` ``json_schema`` on an OpenAI-compatible server. Backends that
+            cannot constrain decoding (CTranslate2, transformers) ignore it and the method parses
+            free text (:attr:`LLMBackend.supports_json_schema` says which).
 
     Raises:
         OptionError: a value out of range (names the parameter and the value).
@@ -69,8 +74,15 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
+    json_schema: Any = None
 
     def __post_init__(self) -> None:
+        if self.json_schema is not None and not isinstance(self.json_schema, dict):
+            schema = self.json_schema
+            as_dict = getattr(schema, "model_json_schema", None)  # a Pydantic model class
+            if not callable(as_dict):
+                raise OptionError("json_schema", schema, "give a JSON schema dict or a Pydantic model class")
+            object.__setattr__(self, "json_schema", as_dict())
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
@@ -119,6 +131,14 @@ class LLMEngineOptions:
         enforce_eager: vLLM without torch.compile / CUDA graphs; ``None`` = eager on CPU (engine
             start ~20 s instead of ~40 s, measured), compiled on GPU.
         threads: CPU threads for CTranslate2 / transformers (``None`` = all cores).
+        base_url: an OpenAI-compatible server's URL, e.g. ``http://127.0.0.1:8000/v1`` (backend
+            ``openai``).
+        api_key_env: the environment variable holding the server's API key (``openai``; none is
+            sent when it is unset). The key itself is never stored in settings.
+        max_concurrency: most requests in flight to the server (``openai``; the limit adapts
+            below it: halved on overload, grown back by one per round of successes).
+        request_timeout: seconds one server request may take (``openai``).
+        max_retries: retries of a request after overload or a dropped connection (``openai``).
     """
 
     max_model_len: int | None = None
@@ -135,8 +155,19 @@ class LLMEngineOptions:
     compute_type: str = "auto"
     enforce_eager: bool | None = None
     threads: int | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 64
+    request_timeout: float = 600.0
+    max_retries: int = 8
 
     def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise OptionError("max_concurrency", self.max_concurrency, "must be a positive integer")
+        if self.request_timeout <= 0:
+            raise OptionError("request_timeout", self.request_timeout, "must be > 0 seconds")
+        if self.max_retries < 0:
+            raise OptionError("max_retries", self.max_retries, "must be >= 0")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise OptionError("max_model_len", self.max_model_len, "must be at least 2 tokens")
         if self.max_num_seqs < 1:
@@ -162,12 +193,27 @@ class Sample:
         token_ids: generated token ids (as the engine produced them, up to the stop point).
         finish_reason: ``"stop"`` (EOS or a stop string) or ``"length"`` (``max_tokens`` reached).
         seed: the seed that produced it (``None`` for greedy).
+        num_tokens: generated tokens as counted by a server that returns text only (``None``:
+            ``len(token_ids)``).
+        prompt_tokens: prompt tokens as counted by a server (``None``: the local count).
+        status: ``"ok"``, or why this request failed where only a server can tell (e.g.
+            ``"prompt_too_long"``); the whole prompt's result then gets that status.
+        detail: the server's message for a failed request.
     """
 
     text: str
     token_ids: list[int]
     finish_reason: str
     seed: int | None = None
+    num_tokens: int | None = None
+    prompt_tokens: int | None = None
+    status: str = "ok"
+    detail: str | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        """Generated tokens: ``len(token_ids)``, or the server's count when it sent no ids."""
+        return self.num_tokens if self.num_tokens is not None else len(self.token_ids)
 
 
 @dataclass
@@ -201,6 +247,7 @@ class Request:
     index: int
     prompt_ids: list[int]
     params: SamplingOptions  # with n == 1 and a concrete seed (None when greedy)
+    prompt: Any = None  # the prompt as given (server backends send it as text / messages)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -223,6 +270,11 @@ class LLMBackend(ABC):
     name: str = "llm"
     model: str = ""
     max_model_len: int = 2048
+    #: the engine can constrain decoding to a JSON schema (SamplingOptions.json_schema)
+    supports_json_schema: bool = False
+    #: prompts are tokenized here; ``False``: the engine takes text / messages and counts tokens
+    #: itself (server backends), and a prompt too long comes back as a per-request status
+    tokenizes_locally: bool = True
 
     def __init__(self, options: LLMEngineOptions | None = None):
         self.options = options or LLMEngineOptions()
@@ -301,8 +353,11 @@ class LLMBackend(ABC):
             if self.is_empty(prompt):
                 results[index] = GenerationResult(index, STATUS_EMPTY_PROMPT, 0, detail="the prompt is empty")
                 continue
-            ids = self.encode_prompt(prompt)
-            room = self.max_model_len - len(ids)
+            if not self.tokenizes_locally:
+                ids, room = [], params.max_tokens
+            else:
+                ids = self.encode_prompt(prompt)
+                room = self.max_model_len - len(ids)
             if room < max(1, params.min_tokens):
                 results[index] = GenerationResult(
                     index, STATUS_PROMPT_TOO_LONG, len(ids),
@@ -314,22 +369,32 @@ class LLMBackend(ABC):
             for i in range(params.n):
                 seed = None if params.greedy else (
                     params.seed + i if params.seed is not None else self._seed_rng.randrange(2**31))
-                requests.append(Request(index, ids, replace(one, seed=seed)))
+                requests.append(Request(index, ids, replace(one, seed=seed), prompt=prompt))
         if requests:
             start = time.perf_counter()
             samples = self._generate(requests)
             self.stats["seconds"] += time.perf_counter() - start
             if len(samples) != len(requests):
                 raise RuntimeError(f"{self.name} returned {len(samples)} samples for {len(requests)} requests")
+            failed: set[int] = set()
             for request, sample in zip(requests, samples):
+                result = results[request.index]
+                self.stats["requests"] += 1
+                if sample.prompt_tokens is not None:
+                    result.prompt_tokens = sample.prompt_tokens
+                self.stats["prompt_tokens"] += result.prompt_tokens
+                if sample.status != STATUS_OK:  # a server refused it: the prompt's status, no samples
+                    failed.add(request.index)
+                    result.status, result.detail = sample.status, sample.detail
+                    continue
                 text, stopped = cut_at_stop(sample.text, request.params.stop)
                 if stopped:
                     sample = replace(sample, text=text, finish_reason="stop")
                 sample.seed = request.params.seed
-                results[request.index].samples.append(sample)
-                self.stats["requests"] += 1
-                self.stats["prompt_tokens"] += len(request.prompt_ids)
-                self.stats["output_tokens"] += len(sample.token_ids)
+                result.samples.append(sample)
+                self.stats["output_tokens"] += sample.output_tokens
+            for index in failed:
+                results[index].samples = []
         for index, _, _ in chunk:
             yield results[index]
 

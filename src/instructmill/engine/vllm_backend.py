@@ -49,10 +49,15 @@ def _config_positions(model: str) -> int | None:
 def sampling_params(p: SamplingOptions, **extra: Any):
     """vLLM ``SamplingParams`` for one :class:`~instructmill.engine.llm.SamplingOptions` (n == 1).
 
-    ``top_k=0`` (off) becomes vLLM's ``-1``; ``extra`` adds vLLM-only fields (e.g. ``output_kind``).
+    ``top_k=0`` (off) becomes vLLM's ``-1``; ``json_schema`` becomes ``structured_outputs``; ``extra``
+    adds vLLM-only fields (e.g. ``output_kind``).
     """
     from vllm import SamplingParams
 
+    if p.json_schema is not None:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        extra["structured_outputs"] = StructuredOutputsParams(json=p.json_schema)
     return SamplingParams(
         n=1, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k if p.top_k > 0 else -1,
         max_tokens=p.max_tokens, min_tokens=p.min_tokens, seed=p.seed, stop=list(p.stop) or None,
@@ -72,6 +77,7 @@ class VLLMBackend(LLMBackend):
     """
 
     name = "vllm"
+    supports_json_schema = True
 
     def __init__(self, model: str, options: LLMEngineOptions | None = None):
         super().__init__(options)

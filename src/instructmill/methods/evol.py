@@ -227,7 +227,7 @@ class Evolver:
 
     def _generate(self, prompts: list, params: list) -> list:
         results = self.llm.generate(prompts, params)
-        self.summary.add("output_tokens", sum(len(s.token_ids) for r in results for s in r.samples))
+        self.summary.add("output_tokens", sum(s.output_tokens for r in results for s in r.samples))
         return results
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:

@@ -196,7 +196,7 @@ class Humpback:
                 state["status"], state["extra"]["detail"] = result.status, result.detail
                 continue
             sample = result.samples[0]
-            self.summary.add("output_tokens", len(sample.token_ids))
+            self.summary.add("output_tokens", sample.output_tokens)
             state["extra"]["instruction_seed"] = sample.seed
             state["raw_instruction"] = sample.text
             state["instruction"] = clean_instruction(sample.text)
@@ -221,7 +221,7 @@ class Humpback:
                     state["status"], state["extra"]["detail"] = result.status, result.detail
                     continue
                 judge = result.samples[0].text
-                self.summary.add("output_tokens", len(result.samples[0].token_ids))
+                self.summary.add("output_tokens", result.samples[0].output_tokens)
                 score = parse_score(judge)
                 state["extra"].update(score=score, judge=judge.strip())
                 if score is None:

@@ -150,7 +150,7 @@ class Responder:
                 out[i] = self._record(rid, example, result.status, {"detail": result.detail})
                 continue
             sample = result.samples[0]
-            self.summary.add("output_tokens", len(sample.token_ids))
+            self.summary.add("output_tokens", sample.output_tokens)
             answer = sample.text.strip()
             new = replace(example, output=answer, history=list(example.history))
             extra: dict[str, Any] = {"response_seed": sample.seed}

@@ -442,7 +442,7 @@ class SelfInstruct:
         out: list[_Candidate] = []
         for s, sample in enumerate(result.samples):
             self.summary.add("samples", 1)
-            self.summary.add("output_tokens", len(sample.token_ids))
+            self.summary.add("output_tokens", sample.output_tokens)
             base = dict(round=r, prompt=p, sample=s, seed=sample.seed)
             parsed = parse_sample(sample.text, lead, style)
             if parsed.status != STATUS_OK:
@@ -495,7 +495,7 @@ class SelfInstruct:
             for cand, result in zip(inputs, self.llm.generate(prompts, params)):
                 text = result.text.strip() if result.status == LLM_OK else ""
                 cand.task.input = "" if is_no_input(text) else text
-                self.summary.add("output_tokens", sum(len(s.token_ids) for s in result.samples))
+                self.summary.add("output_tokens", sum(s.output_tokens for s in result.samples))
         system = [{"role": "system", "content": opts.instance_system}] if opts.instance_system else []
         prompts = [system + [{"role": "user", "content": f"{c.task.instruction}\n\n{c.task.input}".strip()}]
                    for c in need]
@@ -505,7 +505,7 @@ class SelfInstruct:
                 cand.status, cand.detail = result.status, result.detail
                 continue
             sample = result.samples[0]
-            self.summary.add("output_tokens", len(sample.token_ids))
+            self.summary.add("output_tokens", sample.output_tokens)
             cand.task.output = sample.text.strip()
             cand.extra["output_seed"] = sample.seed
             if not cand.task.output:

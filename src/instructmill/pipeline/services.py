@@ -424,7 +424,7 @@ class LLMService:
     def _resolve(self, item: _LLMItem, sample: Sample) -> None:
         if not item.future.done():
             item.future.set_result(sample)
-            self._meter.complete(item.stage, 1, len(sample.token_ids))
+            self._meter.complete(item.stage, 1, sample.output_tokens)
 
     # batch mode ---------------------------------------------------------------
     def _batch_loop(self) -> None:
@@ -478,7 +478,7 @@ class LLMService:
             return
         for item in batch:
             self._meter.prompt(len(item.request.prompt_ids))
-        self._meter.stop(len(batch), sum(len(s.token_ids) for s in samples))
+        self._meter.stop(len(batch), sum(s.output_tokens for s in samples))
         for item, sample in zip(batch, samples):
             self._resolve(item, sample)
 
@@ -529,7 +529,7 @@ class LLMService:
                     completion = out.outputs[0]
                     sample = Sample(completion.text, list(completion.token_ids),
                                     "length" if completion.finish_reason == "length" else "stop")
-                    self._meter.stop(1, len(sample.token_ids))
+                    self._meter.stop(1, sample.output_tokens)
                     self._resolve(item, sample)
         except BaseException as exc:
             reason = exc

@@ -352,7 +352,7 @@ def instructmill_call(backend: Any, w: LLMWorkload, prompts: Sequence[Sequence[i
         before = backend.stats["seconds"]
         results = backend.generate(batch, params)
         busy = backend.stats["seconds"] - before
-        tokens = sum(len(s.token_ids) for r in results for s in r.samples)
+        tokens = sum(s.output_tokens for r in results for s in r.samples)
         return Counts(tokens, busy, dict(Counter(r.status for r in results if r.status != "ok")))
 
     return call
