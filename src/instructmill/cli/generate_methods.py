@@ -32,7 +32,7 @@ BACKEND_CHOICES = backend_names()  # the registry of engine.llm_backends
 # ------------------------------------------------------------------------------ shared flags
 
 def sampling_options(base: SamplingOptions, *, prefix: str = "", what: str = "",
-                     exclude: tuple[str, ...] = ("seed", "ignore_eos")) -> Callable:
+                     exclude: tuple[str, ...] = ("seed", "ignore_eos", "json_schema")) -> Callable:
     """One ``--<prefix><field>`` flag per SamplingOptions field, showing ``base``'s values as defaults."""
     hints = typing.get_type_hints(SamplingOptions)
 
@@ -63,8 +63,8 @@ def build_sampling(flags: dict[str, Any], base: SamplingOptions, *, prefix: str 
     """``base`` with the sampling flags that were given (consumed from ``flags``)."""
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(SamplingOptions):
-        if f.name in ("seed", "ignore_eos"):
-            continue  # no flags (``--seed`` is the method's)
+        if f.name in ("seed", "ignore_eos", "json_schema"):
+            continue  # no flags (``--seed`` is the method's; schemas are set by the methods)
         value = flags.pop(prefix + f.name, None)
         if value is None or (f.name == "stop" and not value):
             continue
@@ -131,7 +131,7 @@ _SI = SelfInstructOptions()
 @dataclass_options(SelfInstructOptions, exclude=("sampling", "instance_sampling", "blacklist"))
 @sampling_options(_SI.sampling, what="task generation")
 @sampling_options(_SI.instance_sampling, prefix="instance_", what="input/output generation",
-                  exclude=("seed", "ignore_eos", "n"))
+                  exclude=("seed", "ignore_eos", "n", "json_schema"))
 @llm_options
 @user_errors
 def self_instruct(input_path, output, fmt, input_format, resume, overwrite, num_instructions, blacklist,
@@ -219,8 +219,8 @@ _HB = HumpbackOptions()
 @click.command("humpback")
 @io_options
 @dataclass_options(HumpbackOptions, exclude=("generation", "curation"))
-@sampling_options(_HB.generation, what="instruction writing", exclude=("seed", "ignore_eos", "n"))
-@sampling_options(_HB.curation, prefix="curation_", what="self-curation", exclude=("seed", "ignore_eos", "n"))
+@sampling_options(_HB.generation, what="instruction writing", exclude=("seed", "ignore_eos", "n", "json_schema"))
+@sampling_options(_HB.curation, prefix="curation_", what="self-curation", exclude=("seed", "ignore_eos", "n", "json_schema"))
 @llm_options
 @user_errors
 def humpback(input_path, output, fmt, input_format, id_field, resume, overwrite, strict, limit,
@@ -263,8 +263,8 @@ _EV = EvolOptions()
               type=click.Choice(["constraints", "deepen", "concretize", "reasoning", "breadth"]),
               help="Evolution to draw from (repeatable). [default: all five]")
 @dataclass_options(EvolOptions, exclude=("operations", "evolution", "response", "judge"))
-@sampling_options(_EV.evolution, what="rewriting", exclude=("seed", "ignore_eos", "n"))
-@sampling_options(_EV.response, prefix="response_", what="answering", exclude=("seed", "ignore_eos", "n"))
+@sampling_options(_EV.evolution, what="rewriting", exclude=("seed", "ignore_eos", "n", "json_schema"))
+@sampling_options(_EV.response, prefix="response_", what="answering", exclude=("seed", "ignore_eos", "n", "json_schema"))
 @llm_options
 @user_errors
 def evolve(input_path, output, fmt, input_format, id_field, resume, overwrite, strict, limit, operations,

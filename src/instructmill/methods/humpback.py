@@ -36,13 +36,24 @@ from typing import Any, Iterable, Iterator
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
-from .llm_parsing import parse_score, strip_label
+from .llm_parsing import extract_json, parse_score, strip_label
 from .prompts import render
 from .seeding import stable_seed as _seed
+from .structured import SCORE_SCHEMA, use_structured
 from ..iterutil import chunked
 from .tally import Tally
 
 __all__ = ["Humpback", "HumpbackOptions", "clean_instruction"]
+
+_PAPER_SCORE_LINE = 'write "Score: <rating>" in the last line.'
+_JSON_SCORE_LINE = 'answer with a JSON object {"reason": "<your reasoning>", "score": <rating from 1 to 5>}.'
+
+
+def _json_score(text: str) -> int | None:
+    """The ``score`` of a schema-constrained rating (``None`` when it is not one)."""
+    value, reason = extract_json(text)
+    score = value.get("score") if reason is None and isinstance(value, dict) else None
+    return score if isinstance(score, int) and not isinstance(score, bool) and 1 <= score <= 5 else None
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,9 @@ class HumpbackOptions:
             over-long prompt then gets ``status="prompt_too_long"``).
         seed: seed of every sample (per record: derived from the record id).
         records_per_batch: records sent to the model together.
+        structured: rate as JSON ``{"reason", "score"}`` constrained by a JSON schema
+            (:data:`~instructmill.methods.structured.SCORE_SCHEMA`); ``None`` = when the backend
+            supports it (vLLM, openai). Replaces ``curation_style``'s free-text score line.
         generation: sampling for writing instructions.
         curation: sampling for the rating (greedy by default).
 
@@ -77,6 +91,7 @@ class HumpbackOptions:
     max_text_chars: int | None = 4000
     seed: int = 0
     records_per_batch: int = 256
+    structured: bool | None = None
     generation: SamplingOptions = field(default_factory=lambda: SamplingOptions(
         temperature=0.7, top_p=0.9, max_tokens=96, repetition_penalty=1.1))
     curation: SamplingOptions = field(default_factory=lambda: SamplingOptions(temperature=0.0, max_tokens=192))
@@ -127,12 +142,16 @@ class Humpback:
     def __init__(self, llm: LLMBackend, options: HumpbackOptions | None = None):
         self.llm = llm
         self.options = options or HumpbackOptions()
+        #: ratings come back as schema-constrained JSON (a backend that supports it)
+        self.structured = self.options.curate and use_structured(self.options.structured, llm)
         self.summary = Tally({"records": 0, "ok": 0, "discarded": {}, "scores": {},
-                              "output_tokens": 0, "seconds": 0.0})
+                              "output_tokens": 0, "seconds": 0.0, "parse_attempts": 0, "parse_ok": 0,
+                              "structured": int(self.structured)})
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the results (for the run state / resume check)."""
-        return {"method": self.method, "options": asdict(self.options), "engine": self.llm.settings()}
+        options = {**asdict(self.options), "structured": self.structured}  # resolved: what was sent
+        return {"method": self.method, "options": options, "engine": self.llm.settings()}
 
     def record_settings(self) -> dict[str, Any]:
         return {"backend": self.llm.name, "model": self.llm.model, "seed": self.options.seed,
@@ -206,7 +225,13 @@ class Humpback:
         todo = [s for s in states if s["status"] == STATUS_OK]
         if opts.curate and todo:
             rubric = render("humpback_rubric")
-            if opts.curation_style == "paper":
+            schema = None
+            if self.structured:
+                prompts = [[{"role": "user", "content": render("humpback_score", rubric=rubric,
+                                                               instruction=s["instruction"], response=s["text"])
+                             .replace(_PAPER_SCORE_LINE, _JSON_SCORE_LINE)}] for s in todo]
+                stop, schema = opts.curation.stop, SCORE_SCHEMA
+            elif opts.curation_style == "paper":
                 prompts = [[{"role": "user", "content": render("humpback_score", rubric=rubric, instruction=s["instruction"],
                                                                response=s["text"])}] for s in todo]
                 stop = opts.curation.stop
@@ -214,7 +239,7 @@ class Humpback:
                 prompts = [render("humpback_score_direct", rubric=rubric, instruction=s["instruction"],
                                   response=s["text"]).rstrip("\n") for s in todo]
                 stop = ("\n",) + tuple(x for x in opts.curation.stop if x != "\n")
-            params = [replace(opts.curation, stop=stop, seed=None if opts.curation.greedy else
+            params = [replace(opts.curation, stop=stop, json_schema=schema, seed=None if opts.curation.greedy else
                               _seed(opts.seed, "score", s["record"].id)) for s in todo]
             for state, result in zip(todo, self.llm.generate(prompts, params)):
                 if result.status != LLM_OK:
@@ -222,7 +247,9 @@ class Humpback:
                     continue
                 judge = result.samples[0].text
                 self.summary.add("output_tokens", result.samples[0].output_tokens)
-                score = parse_score(judge)
+                score = _json_score(judge) if self.structured else parse_score(judge)
+                self.summary.add("parse_attempts", 1)
+                self.summary.add("parse_ok", int(score is not None))
                 state["extra"].update(score=score, judge=judge.strip())
                 if score is None:
                     state["status"] = "score_parse_error"

@@ -41,6 +41,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -54,6 +55,7 @@ from ..engine.llm import STATUS_OK as LLM_OK, GenerationResult, LLMBackend, Samp
 from ..errors import OptionError
 from ..records import STATUS_OK, Example, OutputRecord
 from .llm_parsing import PARSE_ERROR, ParsedTask, ParseResult, is_no_input, parse_tasks, unwrap_fence
+from .structured import tasks_schema, use_structured
 from .prompts import render
 from .rouge import RougeFilter
 from .seeding import stable_seed as _stable_seed
@@ -103,6 +105,9 @@ class SelfInstructOptions:
         size_last_round: after the first round, send only as many prompts as the records still
             needed call for (from the yield per prompt so far, plus 30%), so the last round
             overshoots little.
+        structured: alpaca style: ask for the tasks as JSON constrained by a JSON schema
+            (:mod:`~instructmill.methods.structured`); ``None`` = when the backend supports it (vLLM,
+            openai). The self_instruct style stays a free-text list continuation.
         seed: seed of the prompt RNG and of every sample.
         sampling: task generation sampling (``n`` samples per prompt; ``seed`` is ignored).
         instance_sampling: input / output generation sampling (``n`` must be 1).
@@ -129,6 +134,7 @@ class SelfInstructOptions:
     instance_system: str | None = "Answer in at most a few sentences."
     keep_truncated_outputs: bool = False
     size_last_round: bool = True
+    structured: bool | None = None
     seed: int = 0
     sampling: SamplingOptions = field(default_factory=lambda: SamplingOptions(
         n=2, temperature=0.7, top_p=0.9, max_tokens=192, repetition_penalty=1.1))
@@ -268,25 +274,35 @@ class SelfInstruct:
         self.llm = llm
         self.options = options or SelfInstructOptions()
         self.summary = Tally({"rounds": 0, "prompts": 0, "samples": 0, "parsed": 0, "kept": 0,
-                              "ok": 0, "discarded": {}, "output_tokens": 0, "seconds": 0.0})
+                              "ok": 0, "discarded": {}, "output_tokens": 0, "seconds": 0.0,
+                              "parse_attempts": 0, "parse_ok": 0})
+        #: tasks come back as schema-constrained JSON (alpaca style on a backend that supports it)
+        self.structured = self.options.prompt_style == "alpaca" and use_structured(self.options.structured, llm)
+        self.summary.add("structured", int(self.structured))
 
     # ------------------------------------------------------------------ provenance
     def settings(self) -> dict[str, Any]:
         """Everything that changes the results (for the run state / resume check)."""
         opts = asdict(self.options)
         opts["blacklist"] = list(self.options.blacklist)
+        opts["structured"] = self.structured  # resolved: what was actually sent
         return {"method": self.method, "options": opts, "engine": self.llm.settings()}
 
     def record_settings(self) -> dict[str, Any]:
         """The compact provenance every record carries."""
-        return {"backend": self.llm.name, "model": self.llm.model, "seed": self.options.seed,
-                "prompt_style": self.options.prompt_style}
+        out = {"backend": self.llm.name, "model": self.llm.model, "seed": self.options.seed,
+               "prompt_style": self.options.prompt_style}
+        if self.structured:
+            out["structured"] = True
+        return out
 
     # --------------------------------------------------------------------- prompts
     def build_prompt(self, examples: Sequence[Example]) -> tuple[str | list[dict], str]:
         """The task-generation prompt for ``examples`` and the text that starts the model's
         continuation (prepended to the output before parsing)."""
         k = len(examples) + 1
+        if self.structured:
+            return self._json_prompt(examples), ""
         if self.options.prompt_style == "self_instruct":
             text = render("self_instruct_tasks")
             for i, ex in enumerate(examples, 1):
@@ -304,7 +320,21 @@ class SelfInstruct:
             return [{"role": "user", "content": text}], lead
         return text, lead
 
+    def _json_prompt(self, examples: Sequence[Example]) -> list[dict]:
+        """Alpaca's task prompt asking for JSON (the shape :func:`~instructmill.methods.structured.tasks_schema`
+        enforces), the examples shown as such JSON."""
+        n = self.options.max_tasks_per_sample
+        text = render("alpaca_tasks", num_tasks=str(n)).replace(f"List of {n} tasks:", "").rstrip()
+        shown = [{"instruction": ex.instruction.strip(), "input": ex.input.strip(), "output": ex.output.strip()}
+                 for ex in examples]
+        text += ("\n\nAnswer with a JSON object {\"tasks\": [...]} holding up to " f"{n} new tasks, each "
+                 '{"instruction", "input", "output"} (input "" when none is needed). Examples:\n'
+                 + json.dumps({"tasks": shown}, ensure_ascii=False, indent=1))
+        return [{"role": "user", "content": text}]
+
     def _stops(self, k: int) -> tuple[str, ...]:
+        if self.structured:
+            return self.options.sampling.stop
         last = k + self.options.max_tasks_per_sample
         own = (f"\n{last}.",) if self.options.prompt_style == "self_instruct" else (f"{last}. Instruction",)
         return own + tuple(s for s in self.options.sampling.stop if s not in own)
@@ -417,7 +447,8 @@ class SelfInstruct:
             prompts.append(prompt)
             leads.append(lead)
             base = opts.seed + (r * opts.prompts_per_round + p) * opts.sampling.n
-            params.append(replace(opts.sampling, seed=base, stop=self._stops(len(examples) + 1)))
+            params.append(replace(opts.sampling, seed=base, stop=self._stops(len(examples) + 1),
+                                  json_schema=tasks_schema(opts.max_tasks_per_sample) if self.structured else None))
         results = self.llm.generate(prompts, params)
         self.summary.add("prompts", len(prompts))
         candidates: list[_Candidate] = []
@@ -444,7 +475,9 @@ class SelfInstruct:
             self.summary.add("samples", 1)
             self.summary.add("output_tokens", sample.output_tokens)
             base = dict(round=r, prompt=p, sample=s, seed=sample.seed)
-            parsed = parse_sample(sample.text, lead, style)
+            parsed = parse_tasks(sample.text, "json") if self.structured else parse_sample(sample.text, lead, style)
+            self.summary.add("parse_attempts", 1)
+            self.summary.add("parse_ok", int(parsed.status == STATUS_OK))
             if parsed.status != STATUS_OK:
                 out.append(_Candidate(f"si-{r}-{p}-{s}", **base, item=None, raw=sample.text,
                                       status=PARSE_ERROR, detail=parsed.detail or "nothing readable",
