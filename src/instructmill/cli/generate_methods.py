@@ -102,6 +102,14 @@ def _method_options(cls: type, flags: dict[str, Any], **overrides: Any):
     return build_options(cls, flags, **overrides)
 
 
+def _parse_rate(summary: dict[str, Any]) -> str:
+    """``"parse rate: 46/48 (95.8%), structured output"`` from a method's summary counters."""
+    attempts, ok = summary.get("parse_attempts", 0), summary.get("parse_ok", 0)
+    mode = "structured output (JSON schema)" if summary.get("structured") else "free text"
+    share = f" ({100.0 * ok / attempts:.1f}%)" if attempts else ""
+    return f"parse rate: {ok}/{attempts}{share}, {mode}"
+
+
 def _echo_engine(llm, seconds: float, tokens: int) -> str:
     speed = tokens / seconds if seconds else 0.0
     return (f"engine: {llm.name} {llm.model}; {tokens} output tokens in {seconds:.1f} s of generation "
@@ -183,6 +191,7 @@ def self_instruct(input_path, output, fmt, input_format, resume, overwrite, num_
     s = method.summary
     lines = [f"rounds: {s['rounds']}; prompts: {s['prompts']}; samples: {s['samples']}; parsed items: "
              f"{s['parsed']}; kept by the filters: {s['kept']}; kept with outputs: {s['ok']}",
+             _parse_rate(s),
              f"total kept in {output}: {summary['total_ok']}",
              _echo_engine(llm, llm.stats.get("seconds", 0.0), s["output_tokens"])]
     if summary["total_ok"] < num_instructions:
@@ -248,6 +257,7 @@ def humpback(input_path, output, fmt, input_format, id_field, resume, overwrite,
                           settings=method.settings(), process=method.process)
     scores = ", ".join(f"{k}: {v}" for k, v in sorted(method.summary["scores"].items()))
     print_summary(summary, [f"scores: {scores or '-'} (threshold {options.threshold})",
+                            _parse_rate(method.summary),
                             _echo_engine(llm, llm.stats.get("seconds", 0.0), method.summary["output_tokens"])])
     llm.close()
 
