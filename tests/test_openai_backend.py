@@ -141,3 +141,19 @@ def test_humpback_cli_through_the_openai_backend(stub, tmp_path):
             for line in p.read_text().splitlines()]
     assert sorted(done) == [f"t{i}" for i in range(5)]
     assert state.requests >= 5
+
+
+def test_vllm_shaped_api_over_a_server(stub):
+    from instructmill.llm_api import LLM, SamplingParams
+
+    state, url = stub
+    llm = LLM(backend="openai", base_url=url)
+    outs = llm.generate((f"p{i}" for i in range(10)), SamplingParams(temperature=0, max_tokens=8))
+    assert [o.outputs[0].text for o in outs] == [f"echo: p{i}" for i in range(10)]
+    with pytest.raises(TypeError, match="not a single str"):
+        llm.generate("one prompt")
+    one = llm.chat([{"role": "user", "content": "hello"}])
+    assert len(one) == 1 and one[0].outputs[0].text == "echo: hello"
+    with pytest.raises(TypeError, match=r"messages\[0\]"):
+        llm.chat([["not a message"]])
+    assert llm.backend == "openai" and llm.model == "stub-model"

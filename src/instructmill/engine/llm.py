@@ -239,6 +239,11 @@ class GenerationResult:
         """The first sample's text ("" when refused)."""
         return self.samples[0].text if self.samples else ""
 
+    @property
+    def outputs(self) -> list[Sample]:
+        """The samples under vLLM's name (``RequestOutput.outputs``): ``result.outputs[0].text``."""
+        return self.samples
+
 
 @dataclass
 class Request:
