@@ -127,6 +127,8 @@ class MethodInfo:
             records still checkpoints every few seconds (:class:`~instructmill.iterutil.ChunkSizer`).
             Only for stages whose engine stays full with small windows (translation batches are
             cut from segments); an LLM stage needs many requests in flight.
+        reads_example: the method reads the record's example (not the source row): rows without a
+            usable example pass through and reach the sinks as ``invalid_record``.
         description: one line for ``--help`` and error messages.
     """
 
@@ -139,6 +141,7 @@ class MethodInfo:
     stateful: bool = False
     concurrency: int = 1
     timed_window: bool = False
+    reads_example: bool = False
     description: str = ""
 
 
@@ -160,9 +163,9 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
                                                       "BackTranslationOptions"),
                exclude=("source_lang", "pivots"), window_field="chunk_size", timed_window=True,
                description="paraphrase fields by round-trip translation"),
-    MethodInfo("filter", None, _lazy("instructmill.pipeline.filters", "FilterOptions"),
+    MethodInfo("filter", None, _lazy("instructmill.pipeline.filters", "FilterOptions"), reads_example=True,
                description="length / keyword / regex / status rules"),
-    MethodInfo("dedup", None, _dedup_options, stateful=True,
+    MethodInfo("dedup", None, _dedup_options, stateful=True, reads_example=True,
                description="exact and near-duplicate removal across the whole stream"),
 )}
 
@@ -222,7 +225,7 @@ class MapStage:
         self.stateful = replay is not None
         #: the method reads the record's example (not the source row): rows without a usable
         #: example pass through and reach the sinks as ``invalid_record``
-        self.needs_example = method in ("filter", "dedup")
+        self.needs_example = METHODS[method].reads_example if method in METHODS else False
 
     def wants(self, item: Item) -> bool:
         """Whether the stage processes ``item`` (else it passes through unchanged)."""
@@ -299,86 +302,144 @@ def _base_dir_path(base_dir: str | os.PathLike[str], value: str) -> str:
     return str(path if path.is_absolute() else Path(base_dir) / path)
 
 
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage builder gets: the stage's spec and options, the engines, and its window."""
+
+    spec: StageSpec
+    engines: EngineRegistry
+    base_dir: str | os.PathLike[str]
+    window: int
+    concurrency: int
+    info: MethodInfo
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def options(self) -> Any:
+        return self.spec.options
+
+
+#: method name -> ``builder(StageContext) -> MapStage | GeneratorStage`` (see :func:`stage_builder`)
+BUILDERS: dict[str, Callable[[StageContext], "MapStage | GeneratorStage"]] = {}
+
+
+def stage_builder(method: str) -> Callable[[Callable[[StageContext], Any]], Callable[[StageContext], Any]]:
+    """Decorator: register the builder of ``method``'s stage (the method must be in :data:`METHODS`)."""
+
+    def decorate(builder: Callable[[StageContext], Any]) -> Callable[[StageContext], Any]:
+        BUILDERS[method] = builder
+        return builder
+
+    return decorate
+
+
 def build_stage(spec: StageSpec, engines: EngineRegistry, *, base_dir: str | os.PathLike[str] = ".",
                 default_window: int = 256) -> MapStage | GeneratorStage:
     """The stage for ``spec``, its engine client taken from ``engines`` (shared per engine).
 
     Raises:
         OptionError / TemplateError: the method refuses its options (e.g. a template file with
-            invalid syntax).
+            invalid syntax), or no builder is registered for it.
     """
     info = METHODS[spec.method]
-    options = spec.options
-    window = getattr(options, info.window_field) if info.window_field else default_window
-    concurrency = spec.concurrency or info.concurrency
-    name = spec.name
+    window = getattr(spec.options, info.window_field) if info.window_field else default_window
+    builder = BUILDERS.get(spec.method)
+    if builder is None:  # pragma: no cover - every built-in method registers one below
+        raise OptionError("method", spec.method, f"choose one of {', '.join(BUILDERS)}")
+    return builder(StageContext(spec, engines, base_dir, window, spec.concurrency or info.concurrency, info))
 
-    if spec.method == "template":
-        from ..methods.template import TemplateFiller, builtin_templates, load_template
 
-        builtin = options.template in builtin_templates() and "/" not in options.template
-        ref = options.template if builtin else _base_dir_path(base_dir, options.template)
-        filler = TemplateFiller(load_template(ref), variables=options.variables or None)
+@stage_builder("template")
+def _template_stage(ctx: StageContext) -> MapStage:
+    from ..methods.template import TemplateFiller, builtin_templates, load_template
 
-        def fill(items: list[Item]) -> list[OutputRecord]:
-            return list(filler.fill((item.as_input() for item in items), strict=options.strict))
+    options = ctx.options
+    builtin = options.template in builtin_templates() and "/" not in options.template
+    ref = options.template if builtin else _base_dir_path(ctx.base_dir, options.template)
+    filler = TemplateFiller(load_template(ref), variables=options.variables or None)
 
-        return MapStage(name, spec.method, fill, window=window, concurrency=concurrency)
+    def fill(items: list[Item]) -> list[OutputRecord]:
+        return list(filler.fill((item.as_input() for item in items), strict=options.strict))
 
-    if spec.method == "self-instruct":
-        from ..methods.self_instruct import SelfInstruct
+    return MapStage(ctx.name, ctx.spec.method, fill, window=ctx.window, concurrency=ctx.concurrency)
 
-        return GeneratorStage(name, SelfInstruct(engines.llm_client(spec.engine, name), options),
-                              spec.num_instructions or 100)
 
-    if spec.method in ("respond", "humpback", "evolve"):
-        if spec.method == "respond":
-            from ..methods.respond import Responder as cls
-        elif spec.method == "humpback":
-            from ..methods.humpback import Humpback as cls
-        else:
-            from ..methods.evol import Evolver as cls
-        method = cls(engines.llm_client(spec.engine, name), options)
-        fanout = options.rounds if spec.method == "evolve" else 1
-        return MapStage(name, spec.method, _chunked_process(method), fanout=fanout, window=window,
-                        concurrency=concurrency, summary=lambda: method.summary)
+@stage_builder("self-instruct")
+def _self_instruct_stage(ctx: StageContext) -> GeneratorStage:
+    from ..methods.self_instruct import SelfInstruct
 
-    if spec.method == "back-translate":
-        from ..methods.backtranslation import BackTranslator
+    return GeneratorStage(ctx.name, SelfInstruct(ctx.engines.llm_client(ctx.spec.engine, ctx.name), ctx.options),
+                          ctx.spec.num_instructions or 100)
 
-        engine = engines.spec(spec.engine)
-        bt_options = replace(options, source_lang=engine.source_lang, pivots=tuple(engine.pivots))
-        translator = BackTranslator(models=engines.translation_clients(spec.engine, name), options=bt_options,
-                                    batching=engine.batching)
-        return MapStage(name, spec.method, _chunked_process(translator), fanout=len(engine.pivots),
-                        window=window, concurrency=concurrency, timed_window=info.timed_window,
-                        summary=lambda: {"seconds": round(translator.seconds, 3)})
 
-    if spec.method == "filter":
-        from .filters import RecordFilter
+def _llm_map_stage(ctx: StageContext, cls: type, fanout: int = 1) -> MapStage:
+    method = cls(ctx.engines.llm_client(ctx.spec.engine, ctx.name), ctx.options)
+    return MapStage(ctx.name, ctx.spec.method, _chunked_process(method), fanout=fanout, window=ctx.window,
+                    concurrency=ctx.concurrency, summary=lambda: method.summary)
 
-        rules = RecordFilter(options)
-        return MapStage(name, spec.method, lambda items: [rules.apply(item.record) for item in items],
-                        window=window, concurrency=concurrency, wants=rules.wants)
 
-    if spec.method == "dedup":
-        from .dedup import Deduplicator
+@stage_builder("respond")
+def _respond_stage(ctx: StageContext) -> MapStage:
+    from ..methods.respond import Responder
 
-        dedup = Deduplicator(options)
+    return _llm_map_stage(ctx, Responder)
 
-        def run(items: list[Item]) -> list[OutputRecord]:
-            return list(dedup.process(item.record for item in items))
 
-        def replay(outputs: list[OutputRecord]) -> None:
-            kept = [rec for rec in outputs if rec.status == STATUS_OK]
-            if not kept:
-                return
+@stage_builder("humpback")
+def _humpback_stage(ctx: StageContext) -> MapStage:
+    from ..methods.humpback import Humpback
+
+    return _llm_map_stage(ctx, Humpback)
+
+
+@stage_builder("evolve")
+def _evolve_stage(ctx: StageContext) -> MapStage:
+    from ..methods.evol import Evolver
+
+    return _llm_map_stage(ctx, Evolver, fanout=ctx.options.rounds)
+
+
+@stage_builder("back-translate")
+def _back_translate_stage(ctx: StageContext) -> MapStage:
+    from ..methods.backtranslation import BackTranslator
+
+    engine = ctx.engines.spec(ctx.spec.engine)
+    bt_options = replace(ctx.options, source_lang=engine.source_lang, pivots=tuple(engine.pivots))
+    translator = BackTranslator(models=ctx.engines.translation_clients(ctx.spec.engine, ctx.name), options=bt_options,
+                                batching=engine.batching)
+    return MapStage(ctx.name, ctx.spec.method, _chunked_process(translator), fanout=len(engine.pivots),
+                    window=ctx.window, concurrency=ctx.concurrency, timed_window=ctx.info.timed_window,
+                    summary=lambda: {"seconds": round(translator.seconds, 3)})
+
+
+@stage_builder("filter")
+def _filter_stage(ctx: StageContext) -> MapStage:
+    from .filters import RecordFilter
+
+    rules = RecordFilter(ctx.options)
+    return MapStage(ctx.name, ctx.spec.method, lambda items: [rules.apply(item.record) for item in items],
+                    window=ctx.window, concurrency=ctx.concurrency, wants=rules.wants)
+
+
+@stage_builder("dedup")
+def _dedup_stage(ctx: StageContext) -> MapStage:
+    from .dedup import Deduplicator
+
+    dedup = Deduplicator(ctx.options)
+
+    def run(items: list[Item]) -> list[OutputRecord]:
+        return list(dedup.process(item.record for item in items))
+
+    def replay(outputs: list[OutputRecord]) -> None:
+        kept = [rec for rec in outputs if rec.status == STATUS_OK]
+        if kept:
             dedup.replay(kept)
 
-        return MapStage(name, spec.method, run, window=window, concurrency=1, replay=replay,
-                        summary=dedup.stats)
-
-    raise OptionError("method", spec.method, f"choose one of {', '.join(METHODS)}")  # pragma: no cover
+    return MapStage(ctx.name, ctx.spec.method, run, window=ctx.window, concurrency=1, replay=replay,
+                    summary=dedup.stats)
 
 
 def plain(value: Any) -> Any:
