@@ -16,6 +16,17 @@ Supported layouts (shapes):
 * ``"openai"``: ``messages``, a list of ``{"role", "content"}`` turns (OpenAI chat format).
 * ``"table"``: any other row (e.g. CSV columns used by templates).
 
+Limits (each bad case is one clear error, never a traceback or a hang):
+
+* the input must be a regular file, or ``"-"`` for stdin (:func:`require_regular_file`): a
+  FIFO, device or folder would block or fail half-way;
+* a JSON record may nest at most :data:`MAX_JSON_DEPTH` arrays/objects; a deeper line becomes a
+  :class:`ReadError` (the run goes on) instead of a ``RecursionError`` that ends it;
+* a ``.gz`` file that is not gzip, truncated or corrupt (and any read error) raises
+  :class:`InputFileError` naming the file, the last line read and the records read before it;
+* one huge line costs about twice its size while it is read (the line's bytes, its text and
+  the parsed record are never all alive at once); see ``benchmarks/mem_huge_line.py``.
+
 Only the standard library is used, so importing this module is cheap.
 """
 from __future__ import annotations
@@ -26,24 +37,31 @@ import csv
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
+import re
+import stat
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from instructmill.errors import OptionError, RecordError
+from instructmill.errors import InstructmillError, OptionError, RecordError
 from instructmill.records import Example, InputRecord
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "READ_FORMATS",
+    "InputFileError",
     "ReadError",
     "content_id",
     "detect_format",
     "detect_shape",
     "read_records",
+    "require_regular_file",
     "to_example",
 ]
 
@@ -56,6 +74,37 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "
 _BOM = codecs.BOM_UTF8
 #: Longest ``raw`` text kept in a :class:`ReadError`.
 RAW_LIMIT = 500
+#: Bytes of a line kept for its ``raw`` text: enough for RAW_LIMIT + 1 characters of UTF-8.
+_RAW_BYTES = (RAW_LIMIT + 1) * 4
+#: Deepest nesting of arrays/objects accepted in one record. Deeper JSON makes Python's parser
+#: and every later ``json.dumps`` recurse until ``RecursionError``; 128 is serde_json's default
+#: recursion limit, far above any instruction data (ShareGPT nests 3 levels).
+MAX_JSON_DEPTH = 128
+#: Records whose line is longer than this are hashed for :func:`content_id` piece by piece,
+#: so their canonical JSON is never held whole next to the record.
+_STREAM_HASH_BYTES = 1 << 20
+
+
+class InputFileError(InstructmillError):
+    """An input file cannot be read to its end: not gzip although named ``.gz``, a truncated
+    or corrupt gzip stream, or an I/O error.
+
+    Records read before the failure have been yielded (and processed by the caller); the
+    message names the file, the last line read and how many records were read.
+
+    Attributes:
+        source: the file.
+        line: the last line (JSON array: element) read before the failure, 0 if none.
+        records: records yielded before the failure.
+    """
+
+    def __init__(self, source: str, reason: str, *, line: int, records: int):
+        self.source = source
+        self.line = line
+        self.records = records
+        where = f"after line {line}" if line else "before the first line"
+        super().__init__(f"{source}: {reason} ({where}; {records} record"
+                         f"{'' if records == 1 else 's'} read before it)")
 
 
 @dataclass
@@ -76,8 +125,9 @@ class ReadError:
 
 
 def _raw_text(data: Any) -> str:
-    if isinstance(data, bytes):
-        text = data.decode("utf-8", errors="replace")
+    if isinstance(data, (bytes, bytearray)):
+        # Decode only the head: a 20 MB line must not be copied whole for a 500-character excerpt.
+        text = bytes(data[:_RAW_BYTES]).decode("utf-8", errors="replace")
     elif isinstance(data, str):
         text = data
     else:
@@ -88,17 +138,51 @@ def _raw_text(data: Any) -> str:
     return text
 
 
-def content_id(fields: dict[str, Any], line: int) -> str:
+def content_id(fields: dict[str, Any], line: int, *, size_hint: int = 0) -> str:
     """Id of a record that has no id of its own: ``f"L{line}-{hash8}"``.
 
     ``hash8`` is the first 8 hex digits of the SHA-1 of the record's canonical JSON
     (``sort_keys=True, ensure_ascii=False``, compact separators, UTF-8). It depends only on
     the line number and the content, so it is the same on every run over the same file.
+    ``size_hint`` (the record's size in bytes, when known) above 1 MiB hashes the JSON piece
+    by piece, so a huge record's JSON text is never held whole; the id is the same.
     """
-    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                           default=str)
-    digest = hashlib.sha1(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
-    return f"L{line}-{digest[:8]}"
+    options = {"sort_keys": True, "ensure_ascii": False, "separators": (",", ":"), "default": str}
+    digest = hashlib.sha1()
+    if size_hint <= _STREAM_HASH_BYTES:
+        digest.update(json.dumps(fields, **options).encode("utf-8", errors="surrogatepass"))
+    else:
+        step = _STREAM_HASH_BYTES
+        for chunk in json.JSONEncoder(**options).iterencode(fields):
+            for start in range(0, len(chunk), step):
+                digest.update(chunk[start:start + step].encode("utf-8", errors="surrogatepass"))
+    return f"L{line}-{digest.hexdigest()[:8]}"
+
+
+def require_regular_file(path: str | os.PathLike[str], option: str = "input") -> None:
+    """Refuse anything but an existing regular file (``"-"`` is the caller's business).
+
+    Reading or hashing a FIFO blocks until a writer appears (forever, for a forgotten pipe),
+    and a device or folder fails half-way, so they are refused before the file is opened.
+
+    Raises:
+        OptionError: no such file, or a folder / FIFO / device / socket (named in the message).
+    """
+    name = os.fspath(path)
+    try:
+        mode = os.stat(name).st_mode
+    except FileNotFoundError:
+        raise OptionError(option, name, "no such file") from None
+    except OSError as exc:
+        raise OptionError(option, name, f"cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    kind = next((label for test, label in kinds if test(mode)), "not a regular file")
+    hint = "; to read from a pipe, give - and pipe the data to stdin" if option == "input" else ""
+    raise OptionError(option, name, f"is {kind}, not a regular file{hint}")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -145,13 +229,17 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
         an iterator of :class:`InputRecord` (``fields`` as read, ``shape`` from
         :func:`detect_shape`, ``source`` = ``str(path)``). JSONL and CSV are read line by
         line in constant memory (apart from the set of ids seen); a JSON array is loaded whole.
+        A record nested deeper than :data:`MAX_JSON_DEPTH` is a bad line (a :class:`ReadError`).
         A UTF-8 BOM at the start of the file is ignored; blank and whitespace-only lines are
         skipped (they are not errors). CSV/TSV rows whose cells are all blank are skipped too.
 
     Raises:
-        OptionError: unknown format, or the file does not exist (raised at call time).
+        OptionError: unknown format, the file does not exist or is not a regular file (a
+            FIFO, device or folder; raised at call time).
         RecordError: with ``strict=True``, a bad line (naming path and line); always, a JSON
             file that is not one array of values, or a CSV header with repeated names.
+        InputFileError: while iterating, the file cannot be read on (not gzip, truncated or
+            corrupt gzip, I/O error); the records before it have been yielded.
     """
     name = os.fspath(path)
     if format is None:
@@ -164,8 +252,8 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
         sniff = False
     if fmt == "ndjson":
         fmt = "jsonl"
-    if name != "-" and not os.path.isfile(name):
-        raise OptionError("input", name, "no such file")
+    if name != "-":
+        require_regular_file(name)
     if sniff and _first_char(name) == "{":
         fmt = "jsonl"
     return _read(name, fmt, id_field, strict, on_error)
@@ -181,8 +269,11 @@ def _open_binary(name: str) -> Any:
 
 
 def _first_char(name: str) -> str:
-    with _open_binary(name) as fh:
-        head = fh.read(4096)
+    try:
+        with _open_binary(name) as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _read_failure(name, exc, line=0, records=0) from None
     text = head.removeprefix(_BOM).decode("utf-8", errors="replace").lstrip()
     return text[:1]
 
@@ -196,11 +287,21 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
     else:
         rows = _csv_rows(name, "\t" if fmt == "tsv" else ",")
     seen: dict[str, int] = {}
-    for line, obj, raw in rows:
+    last_line = 0
+    while True:
+        # Only the file's own reading is guarded: an OSError from on_error (the errors file)
+        # is not an input problem and must not be reported as one.
+        try:
+            line, obj, raw, size = next(rows)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _read_failure(name, exc, line=last_line, records=len(seen)) from None
+        last_line = line
         if isinstance(obj, ReadError):
             _report(obj, name, strict, on_error)
             continue
-        rid = _record_id(obj, line, id_field)
+        rid = _record_id(obj, line, id_field, size)
         first = seen.get(rid)
         if first is not None:
             err = ReadError(line, f"duplicate id {rid!r} (first seen on line {first})",
@@ -210,7 +311,22 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
             _report(err, name, strict, on_error)
             continue
         seen[rid] = line
-        yield InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+        record = InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+        del obj, raw  # the record alone holds the data while the caller works on it
+        yield record
+
+
+def _read_failure(name: str, exc: BaseException, *, line: int, records: int) -> InputFileError:
+    """The :class:`InputFileError` for an exception raised while reading ``name``."""
+    if isinstance(exc, gzip.BadGzipFile):
+        reason = "not a gzip file, although its name ends in .gz"
+    elif isinstance(exc, EOFError):
+        reason = "the gzip data ends early: the file is truncated"
+    elif isinstance(exc, zlib.error):
+        reason = f"corrupt gzip data ({exc})"
+    else:
+        reason = f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    return InputFileError(name, reason, line=line, records=records)
 
 
 def _report(err: ReadError, name: str, strict: bool,
@@ -223,43 +339,81 @@ def _report(err: ReadError, name: str, strict: bool,
         on_error(err)
 
 
-def _record_id(fields: dict[str, Any], line: int, id_field: str) -> str:
+def _record_id(fields: dict[str, Any], line: int, id_field: str, size: int = 0) -> str:
     value = fields.get(id_field)
     if value is None or isinstance(value, (dict, list)):
-        return content_id(fields, line)
+        return content_id(fields, line, size_hint=size)
     text = str(value)
     if not text.strip():
-        return content_id(fields, line)
+        return content_id(fields, line, size_hint=size)
     return text
 
 
-# Each row producer yields (line, dict | ReadError, raw) triples.
-_Row = tuple[int, Any, Any]
+# Each row producer yields (line, dict | ReadError, raw, size): ``raw`` is the line's head (JSONL,
+# for error messages) or the row itself, ``size`` the row's size in bytes (0 if unknown).
+_Row = tuple[int, Any, Any, int]
+
+# A JSON string, escapes included; removed before brackets are counted.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+#: Depth change per bracket byte, indexed by the byte's value.
+_BRACKET_STEP = [1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256)]
+
+
+def _too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether parsing the JSON text ``data`` would nest deeper than ``limit`` arrays/objects.
+
+    The count of opening brackets bounds the depth from above and costs two C-speed scans, so
+    almost every line stops there. Otherwise strings are removed, only the brackets kept, and
+    the running depth's maximum taken, all in C loops (regex, ``translate``, ``accumulate``);
+    unclosed brackets count too, since ``json.loads`` recurses into them before it fails.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
 
 
 def _jsonl_rows(name: str) -> Iterator[_Row]:
+    # Memory: a line is held once as bytes, then once as text, then as the parsed record;
+    # each copy is dropped as soon as the next exists (``del``), and the loop avoids
+    # enumerate(), whose reused result tuple would keep the last line's bytes alive.
+    line_no = 0
     with _open_binary(name) as fh:
-        for line_no, data in enumerate(fh, start=1):
+        for data in fh:
+            line_no += 1
             if line_no == 1 and data.startswith(_BOM):
                 data = data[len(_BOM):]
+            size = len(data)
+            head = data[:_RAW_BYTES]
+            if _too_deep(data):
+                del data
+                yield line_no, ReadError(line_no, f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                                         _raw_text(head), name), head, size
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, ReadError(line_no, f"invalid UTF-8: {exc}", _raw_text(data), name), data
+                yield line_no, ReadError(line_no, f"invalid UTF-8: {exc}", _raw_text(head), name), head, size
                 continue
-            if not text.strip():
+            finally:
+                del data
+            if not text or text.isspace():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield line_no, ReadError(line_no, f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                         _raw_text(data), name), data
+                                         _raw_text(head), name), head, size
                 continue
+            finally:
+                del text
             if not isinstance(obj, dict):
                 yield line_no, ReadError(line_no, f"expected a JSON object, got {_json_type(obj)}",
-                                         _raw_text(data), name), data
+                                         _raw_text(head), name), head, size
                 continue
-            yield line_no, obj, data
+            yield line_no, obj, head, size
+            del obj
 
 
 def _json_rows(name: str) -> Iterator[_Row]:
@@ -271,8 +425,13 @@ def _json_rows(name: str) -> Iterator[_Row]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise RecordError(f"invalid UTF-8: {exc}", line=line, source=name) from None
-    if not text.strip():
+    if not text or text.isspace():
         return
+    # One document: too deep anywhere means it cannot be read at all (records are one level in).
+    if _too_deep(data, MAX_JSON_DEPTH + 1):
+        raise RecordError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (in a record)",
+                          source=name)
+    del data
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -284,9 +443,9 @@ def _json_rows(name: str) -> Iterator[_Row]:
     for index, obj in enumerate(doc, start=1):
         if not isinstance(obj, dict):
             yield index, ReadError(index, f"expected a JSON object, got {_json_type(obj)}",
-                                   _raw_text(obj), name), obj
+                                   _raw_text(obj), name), obj, 0
             continue
-        yield index, obj, obj
+        yield index, obj, obj, 0
 
 
 def _csv_rows(name: str, delimiter: str) -> Iterator[_Row]:
@@ -320,13 +479,13 @@ def _csv_parse(reader: Any, name: str, delimiter: str) -> Iterator[_Row]:
                                   line=start, source=name)
             continue
         if _has_surrogates(raw):
-            yield start, ReadError(start, "invalid UTF-8", _raw_text(_unescape(raw)), name), raw
+            yield start, ReadError(start, "invalid UTF-8", _raw_text(_unescape(raw)), name), raw, len(raw)
             continue
         if len(row) != len(header):
             yield start, ReadError(start, f"row has {len(row)} fields, the header has "
-                                   f"{len(header)}", _raw_text(raw), name), raw
+                                   f"{len(header)}", _raw_text(raw), name), raw, len(raw)
             continue
-        yield start, dict(zip(header, row)), raw
+        yield start, dict(zip(header, row)), raw, len(raw)
 
 
 def _has_surrogates(text: str) -> bool:

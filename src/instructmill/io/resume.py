@@ -67,7 +67,15 @@ def run_paths(output_path: str | os.PathLike[str]) -> RunPaths:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (constant memory)."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (constant memory).
+
+    Raises:
+        OptionError: ``path`` is missing or not a regular file (hashing a FIFO would block
+            until a writer appears, and would consume the data the run then needs).
+    """
+    from instructmill.io.readers import require_regular_file
+
+    require_regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
