@@ -241,11 +241,17 @@ def test_nested_loops_that_print_nothing_stop_at_the_time_limit():
     ("{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}x",
      "'+' would build a value of"),
     ("{{ (range(100000)|list) * 100000 }}", "'*' would build a value of"),
-    ("{{ 'x'|center(n * 1000) }}", "filter 'center' built a value of"),
+    ("{{ 'x'|center(n * 1000) }}", "filter 'center' would build a text of"),
+    ("{{ 'x'|center(2000000000) }}", "filter 'center' would build a text of 2000000000"),
+    ("{{ ('a' * 100)|indent(2000000000, first=True) }}", "filter 'indent' would build a text of"),
+    ("{{ ('a' * 1000)|replace('a', 'b' * 1000) }}", "filter 'replace' would build a text of"),
+    ("{{ 'x'.ljust(2000000000) }}", "'.ljust()' would build a text of 2000000000"),
+    ("{{ ('a' * 1000).replace('a', 'b' * 1000) }}", "'.replace()' would build a text of"),
+    ("{{ range(100000)|join(',' * 100) }}", "filter 'join' built a value of"),
     ("{% macro m(k) %}{% for i in range(k) %}yyyyyyyyyy{% endfor %}{% endmacro %}{{ m(n * 100) }}",
      "a call returned a value of"),
 ], ids=["output", "str-mul-const", "str-mul-row", "pow", "concat-doubling", "plus-doubling", "list-mul",
-        "filter", "macro"])
+        "center-row", "center-const", "indent", "replace-filter", "ljust", "replace-method", "join", "macro"])
 def test_values_and_output_past_the_size_limit_are_refused(source, reason):
     # Template() compiles the source: a constant must not be folded (2 GB) at compile time either.
     filler = TemplateFiller(Template(name="big", instruction=source), max_chars=500_000, max_seconds=10)
@@ -258,10 +264,12 @@ def test_values_and_output_past_the_size_limit_are_refused(source, reason):
 
 def test_limits_leave_ordinary_templates_alone():
     source = ("{% for t in turns %}{{ loop.index }}/{{ loop.length }}:{{ t ~ '!' }}{% if not loop.last %} {% endif %}"
-              "{% endfor %}{{ ' ' + 'x' * 3 }}{{ '%s-%d' % ('a', 2) }}{{ 2 ** 10 }}{{ name|upper }}")
+              "{% endfor %}{{ ' ' + 'x' * 3 }}{{ '%s-%d' % ('a', 2) }}{{ 2 ** 10 }}{{ name|upper }}"
+              "{{ name|center(5) }}|{{ 'a\nb'|indent(2, first=True) }}|{{ name.rjust(3, '.') }}"
+              "{{ 'aXa'|replace('a', 'bb') }}{{ 'aXa'.replace('X', '') }}")
     out = TemplateFiller(Template(name="t", instruction=source)).render(
         rec(1, turns=["a", "b", "c"], name="z"))
-    assert out.example.instruction == "1/3:a! 2/3:b! 3/3:c! xxxa-21024Z"
+    assert out.example.instruction == "1/3:a! 2/3:b! 3/3:c! xxxa-21024Z  z  |  a\n  b|..zbbXbbaa"
 
 
 def test_cli_template_with_a_2gb_constant_ends_in_seconds(tmp_path):

@@ -157,6 +157,9 @@ def read_state(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResumeError(f"cannot read the run state {path}: {exc}; "
                           "pass --overwrite to start the run again") from None
+    except RecursionError:  # a hand-edited state nested 1,000 deep; ours is 3 levels
+        raise ResumeError(f"cannot read the run state {path}: JSON nested too deeply; "
+                          "pass --overwrite to start the run again") from None
     if not isinstance(state, dict):
         raise ResumeError(f"the run state {path} is not a JSON object; "
                           "pass --overwrite to start the run again")
@@ -233,6 +236,6 @@ def repair_jsonl(path: str, key: str) -> ScanResult:
 def _parse_line(data: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None

@@ -8,9 +8,11 @@ places where a template spends time or grows a value:
 
 * every ``{% for %}`` iterable is wrapped so each iteration checks the render's deadline (this
   stops loops that print nothing, which a check on the output alone would miss);
-* ``*``, ``**`` and ``+`` are checked before they compute (``'x' * n``, ``10 ** n``), ``%``,
-  ``~`` (concat), every filter and every call (macros, methods) after, against the size limit;
-  intercepting the operators also stops jinja2 from folding them at compile time;
+* ``*``, ``**``, ``+``, ``~`` (concat) and the filters and string methods that grow a text by
+  a width or a replacement (``center``, ``indent``, ``replace``, ``ljust``...) are checked
+  before they compute (``'x' * n``, ``10 ** n``, ``'x'|center(n)``); ``%``, every other filter
+  and every call (macros, methods) after, against the size limit; intercepting the operators
+  also stops jinja2 from folding them at compile time;
 * the renderer (:func:`render_limited`) counts the output as it streams and checks the deadline
   between pieces.
 
@@ -126,11 +128,36 @@ class _Guards(NodeTransformer):
                             None, None, lineno=node.lineno)
 
 
+def _grown_size(name: str, text: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Size ``text.name(*args)`` (string method or filter of the same meaning) would have, for
+    the operations that can grow a text far beyond their inputs; 0 for any other."""
+    if not isinstance(text, str):
+        return 0
+    if name in ("center", "ljust", "rjust", "zfill"):
+        width = args[0] if args else kwargs.get("width", 80 if name == "center" else 0)
+        return width if isinstance(width, int) else 0
+    if name == "indent":
+        width = args[0] if args else kwargs.get("width", 4)
+        width = len(width) if isinstance(width, str) else width
+        return len(text) + width * (text.count("\n") + 1) if isinstance(width, int) else 0
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        count = text.count(args[0]) if args[0] else len(text) + 1
+        return len(text) + (len(args[1]) - len(args[0])) * count
+    return 0
+
+
 def _guard_filter(name: str, func: Any) -> Any:
-    """``func`` with its result checked against the size limit (pass_* markers kept)."""
+    """``func`` with its result checked against the size limit (pass_* markers kept); for the
+    filters that grow a text by a width or a replacement, checked before it runs."""
+    skip = {"context": 1, "eval_context": 1, "environment": 1}.get(
+        getattr(getattr(func, "jinja_pass_arg", None), "name", ""), 0)
 
     @functools.wraps(func)  # copies __dict__, so jinja2's pass_context/eval_context marker too
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > skip:
+            size = _grown_size(name, args[skip], args[skip + 1:], kwargs)
+            if size > _LIMITS.max_chars:
+                raise _too_big(size, f"filter {name!r} would build a text", "characters")
         return _check_size(func(*args, **kwargs), f"filter {name!r} built a value")
 
     return guarded
@@ -177,6 +204,9 @@ class LimitedSandbox(SandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         _check_time()
+        size = _grown_size(getattr(__obj, "__name__", ""), getattr(__obj, "__self__", None), args, kwargs)
+        if size > _LIMITS.max_chars:
+            raise _too_big(size, f"'.{__obj.__name__}()' would build a text", "characters")
         result = SandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
         return _check_size(result, "a call returned a value")
 
