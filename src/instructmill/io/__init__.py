@@ -1,7 +1,8 @@
 """Records in, records out, resume.
 
 * :mod:`~instructmill.io.readers`: :func:`read_records` (JSONL, JSON array, CSV/TSV, stdin),
-  :func:`detect_shape`, :func:`to_example`; its limits: :data:`MAX_JSON_DEPTH`,
+  :func:`detect_shape`, :func:`to_example`.
+* :mod:`~instructmill.io.limits`: what inputs may be: :data:`MAX_JSON_DEPTH`,
   :func:`require_regular_file`, :class:`InputFileError` (unreadable / truncated gzip input).
 * :mod:`~instructmill.io.writers`: :func:`format_record` (Alpaca, ShareGPT, OpenAI messages),
   :class:`JsonlWriter`.

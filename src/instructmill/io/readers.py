@@ -16,7 +16,8 @@ Supported layouts (shapes):
 * ``"openai"``: ``messages``, a list of ``{"role", "content"}`` turns (OpenAI chat format).
 * ``"table"``: any other row (e.g. CSV columns used by templates).
 
-Limits (each bad case is one clear error, never a traceback or a hang):
+Limits (each bad case is one clear error, never a traceback or a hang; the checks live in
+:mod:`instructmill.io.limits` and are re-exported here):
 
 * the input must be a regular file, or ``"-"`` for stdin (:func:`require_regular_file`): a
   FIFO, device or folder would block or fail half-way;
@@ -37,19 +38,18 @@ import csv
 import gzip
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
-import re
-import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from instructmill.errors import InstructmillError, OptionError, RecordError
+from instructmill.errors import OptionError, RecordError
+from instructmill.io.limits import (MAX_JSON_DEPTH, InputFileError, json_too_deep, read_failure,
+                                    require_regular_file)
 from instructmill.records import Example, InputRecord
 
 __all__ = [
@@ -76,35 +76,9 @@ _BOM = codecs.BOM_UTF8
 RAW_LIMIT = 500
 #: Bytes of a line kept for its ``raw`` text: enough for RAW_LIMIT + 1 characters of UTF-8.
 _RAW_BYTES = (RAW_LIMIT + 1) * 4
-#: Deepest nesting of arrays/objects accepted in one record. Deeper JSON makes Python's parser
-#: and every later ``json.dumps`` recurse until ``RecursionError``; 128 is serde_json's default
-#: recursion limit, far above any instruction data (ShareGPT nests 3 levels).
-MAX_JSON_DEPTH = 128
 #: Records whose line is longer than this are hashed for :func:`content_id` piece by piece,
 #: so their canonical JSON is never held whole next to the record.
 _STREAM_HASH_BYTES = 1 << 20
-
-
-class InputFileError(InstructmillError):
-    """An input file cannot be read to its end: not gzip although named ``.gz``, a truncated
-    or corrupt gzip stream, or an I/O error.
-
-    Records read before the failure have been yielded (and processed by the caller); the
-    message names the file, the last line read and how many records were read.
-
-    Attributes:
-        source: the file.
-        line: the last line (JSON array: element) read before the failure, 0 if none.
-        records: records yielded before the failure.
-    """
-
-    def __init__(self, source: str, reason: str, *, line: int, records: int):
-        self.source = source
-        self.line = line
-        self.records = records
-        where = f"after line {line}" if line else "before the first line"
-        super().__init__(f"{source}: {reason} ({where}; {records} record"
-                         f"{'' if records == 1 else 's'} read before it)")
 
 
 @dataclass
@@ -157,32 +131,6 @@ def content_id(fields: dict[str, Any], line: int, *, size_hint: int = 0) -> str:
             for start in range(0, len(chunk), step):
                 digest.update(chunk[start:start + step].encode("utf-8", errors="surrogatepass"))
     return f"L{line}-{digest.hexdigest()[:8]}"
-
-
-def require_regular_file(path: str | os.PathLike[str], option: str = "input") -> None:
-    """Refuse anything but an existing regular file (``"-"`` is the caller's business).
-
-    Reading or hashing a FIFO blocks until a writer appears (forever, for a forgotten pipe),
-    and a device or folder fails half-way, so they are refused before the file is opened.
-
-    Raises:
-        OptionError: no such file, or a folder / FIFO / device / socket (named in the message).
-    """
-    name = os.fspath(path)
-    try:
-        mode = os.stat(name).st_mode
-    except FileNotFoundError:
-        raise OptionError(option, name, "no such file") from None
-    except OSError as exc:
-        raise OptionError(option, name, f"cannot be read: {exc.strerror or exc}") from None
-    if stat.S_ISREG(mode):
-        return
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"))
-    kind = next((label for test, label in kinds if test(mode)), "not a regular file")
-    hint = "; to read from a pipe, give - and pipe the data to stdin" if option == "input" else ""
-    raise OptionError(option, name, f"is {kind}, not a regular file{hint}")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -273,7 +221,7 @@ def _first_char(name: str) -> str:
         with _open_binary(name) as fh:
             head = fh.read(4096)
     except (OSError, EOFError, zlib.error) as exc:
-        raise _read_failure(name, exc, line=0, records=0) from None
+        raise read_failure(name, exc, line=0, records=0) from None
     text = head.removeprefix(_BOM).decode("utf-8", errors="replace").lstrip()
     return text[:1]
 
@@ -296,7 +244,7 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         except StopIteration:
             return
         except (OSError, EOFError, zlib.error) as exc:
-            raise _read_failure(name, exc, line=last_line, records=len(seen)) from None
+            raise read_failure(name, exc, line=last_line, records=len(seen)) from None
         last_line = line
         if isinstance(obj, ReadError):
             _report(obj, name, strict, on_error)
@@ -314,19 +262,6 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         record = InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
         del obj, raw  # the record alone holds the data while the caller works on it
         yield record
-
-
-def _read_failure(name: str, exc: BaseException, *, line: int, records: int) -> InputFileError:
-    """The :class:`InputFileError` for an exception raised while reading ``name``."""
-    if isinstance(exc, gzip.BadGzipFile):
-        reason = "not a gzip file, although its name ends in .gz"
-    elif isinstance(exc, EOFError):
-        reason = "the gzip data ends early: the file is truncated"
-    elif isinstance(exc, zlib.error):
-        reason = f"corrupt gzip data ({exc})"
-    else:
-        reason = f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
-    return InputFileError(name, reason, line=line, records=records)
 
 
 def _report(err: ReadError, name: str, strict: bool,
@@ -353,27 +288,6 @@ def _record_id(fields: dict[str, Any], line: int, id_field: str, size: int = 0) 
 # for error messages) or the row itself, ``size`` the row's size in bytes (0 if unknown).
 _Row = tuple[int, Any, Any, int]
 
-# A JSON string, escapes included; removed before brackets are counted.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-#: Depth change per bracket byte, indexed by the byte's value.
-_BRACKET_STEP = [1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256)]
-
-
-def _too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether parsing the JSON text ``data`` would nest deeper than ``limit`` arrays/objects.
-
-    The count of opening brackets bounds the depth from above and costs two C-speed scans, so
-    almost every line stops there. Otherwise strings are removed, only the brackets kept, and
-    the running depth's maximum taken, all in C loops (regex, ``translate``, ``accumulate``);
-    unclosed brackets count too, since ``json.loads`` recurses into them before it fails.
-    """
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
-
-
 def _jsonl_rows(name: str) -> Iterator[_Row]:
     # Memory: a line is held once as bytes, then once as text, then as the parsed record;
     # each copy is dropped as soon as the next exists (``del``), and the loop avoids
@@ -386,7 +300,7 @@ def _jsonl_rows(name: str) -> Iterator[_Row]:
                 data = data[len(_BOM):]
             size = len(data)
             head = data[:_RAW_BYTES]
-            if _too_deep(data):
+            if json_too_deep(data):
                 del data
                 yield line_no, ReadError(line_no, f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
                                          _raw_text(head), name), head, size
@@ -428,7 +342,7 @@ def _json_rows(name: str) -> Iterator[_Row]:
     if not text or text.isspace():
         return
     # One document: too deep anywhere means it cannot be read at all (records are one level in).
-    if _too_deep(data, MAX_JSON_DEPTH + 1):
+    if json_too_deep(data, MAX_JSON_DEPTH + 1):
         raise RecordError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (in a record)",
                           source=name)
     del data

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instructmill.errors import ResumeError
+from instructmill.io.limits import require_regular_file
 
 __all__ = [
     "RunPaths",
@@ -73,8 +74,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         OptionError: ``path`` is missing or not a regular file (hashing a FIFO would block
             until a writer appears, and would consume the data the run then needs).
     """
-    from instructmill.io.readers import require_regular_file
-
     require_regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
