@@ -2,6 +2,8 @@
 
 * :mod:`~instructmill.io.readers`: :func:`read_records` (JSONL, JSON array, CSV/TSV, stdin),
   :func:`detect_shape`, :func:`to_example`.
+* :mod:`~instructmill.io.limits`: what inputs may be: :data:`MAX_JSON_DEPTH`,
+  :func:`require_regular_file`, :class:`InputFileError` (unreadable / truncated gzip input).
 * :mod:`~instructmill.io.writers`: :func:`format_record` (Alpaca, ShareGPT, OpenAI messages),
   :class:`JsonlWriter`.
 * :mod:`~instructmill.io.run` / :mod:`~instructmill.io.resume`: :func:`open_run`, a run with
@@ -10,12 +12,15 @@
 Standard library only, so ``import instructmill.io`` stays cheap.
 """
 from instructmill.io.readers import (
+    MAX_JSON_DEPTH,
     READ_FORMATS,
+    InputFileError,
     ReadError,
     content_id,
     detect_format,
     detect_shape,
     read_records,
+    require_regular_file,
     to_example,
 )
 from instructmill.io.resume import RunPaths, repair_jsonl, run_paths
@@ -23,8 +28,10 @@ from instructmill.io.run import Run, open_run
 from instructmill.io.writers import WRITE_FORMATS, JsonlWriter, example_fields, format_record
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "READ_FORMATS",
     "WRITE_FORMATS",
+    "InputFileError",
     "JsonlWriter",
     "ReadError",
     "Run",
@@ -37,6 +44,7 @@ __all__ = [
     "open_run",
     "read_records",
     "repair_jsonl",
+    "require_regular_file",
     "run_paths",
     "to_example",
 ]

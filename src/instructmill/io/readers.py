@@ -16,6 +16,18 @@ Supported layouts (shapes):
 * ``"openai"``: ``messages``, a list of ``{"role", "content"}`` turns (OpenAI chat format).
 * ``"table"``: any other row (e.g. CSV columns used by templates).
 
+Limits (each bad case is one clear error, never a traceback or a hang; the checks live in
+:mod:`instructmill.io.limits` and are re-exported here):
+
+* the input must be a regular file, or ``"-"`` for stdin (:func:`require_regular_file`): a
+  FIFO, device or folder would block or fail half-way;
+* a JSON record may nest at most :data:`MAX_JSON_DEPTH` arrays/objects; a deeper line becomes a
+  :class:`ReadError` (the run goes on) instead of a ``RecursionError`` that ends it;
+* a ``.gz`` file that is not gzip, truncated or corrupt (and any read error) raises
+  :class:`InputFileError` naming the file, the last line read and the records read before it;
+* one huge line costs about twice its size while it is read (the line's bytes, its text and
+  the parsed record are never all alive at once); see ``benchmarks/mem_huge_line.py``.
+
 Only the standard library is used, so importing this module is cheap.
 """
 from __future__ import annotations
@@ -30,21 +42,27 @@ import json
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from instructmill.errors import OptionError, RecordError
 from instructmill.io.idset import IdSet
+from instructmill.io.limits import (MAX_JSON_DEPTH, InputFileError, json_too_deep, read_failure,
+                                    require_regular_file)
 from instructmill.records import Example, InputRecord
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "READ_FORMATS",
+    "InputFileError",
     "ReadError",
     "content_id",
     "detect_format",
     "detect_shape",
     "read_records",
+    "require_regular_file",
     "to_example",
 ]
 
@@ -57,6 +75,11 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "
 _BOM = codecs.BOM_UTF8
 #: Longest ``raw`` text kept in a :class:`ReadError`.
 RAW_LIMIT = 500
+#: Bytes of a line kept for its ``raw`` text: enough for RAW_LIMIT + 1 characters of UTF-8.
+_RAW_BYTES = (RAW_LIMIT + 1) * 4
+#: Records whose line is longer than this are hashed for :func:`content_id` piece by piece,
+#: so their canonical JSON is never held whole next to the record.
+_STREAM_HASH_BYTES = 1 << 20
 
 
 @dataclass
@@ -77,8 +100,9 @@ class ReadError:
 
 
 def _raw_text(data: Any) -> str:
-    if isinstance(data, bytes):
-        text = data.decode("utf-8", errors="replace")
+    if isinstance(data, (bytes, bytearray)):
+        # Decode only the head: a 20 MB line must not be copied whole for a 500-character excerpt.
+        text = bytes(data[:_RAW_BYTES]).decode("utf-8", errors="replace")
     elif isinstance(data, str):
         text = data
     else:
@@ -89,17 +113,25 @@ def _raw_text(data: Any) -> str:
     return text
 
 
-def content_id(fields: dict[str, Any], line: int) -> str:
+def content_id(fields: dict[str, Any], line: int, *, size_hint: int = 0) -> str:
     """Id of a record that has no id of its own: ``f"L{line}-{hash8}"``.
 
     ``hash8`` is the first 8 hex digits of the SHA-1 of the record's canonical JSON
     (``sort_keys=True, ensure_ascii=False``, compact separators, UTF-8). It depends only on
     the line number and the content, so it is the same on every run over the same file.
+    ``size_hint`` (the record's size in bytes, when known) above 1 MiB hashes the JSON piece
+    by piece, so a huge record's JSON text is never held whole; the id is the same.
     """
-    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                           default=str)
-    digest = hashlib.sha1(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
-    return f"L{line}-{digest[:8]}"
+    options = {"sort_keys": True, "ensure_ascii": False, "separators": (",", ":"), "default": str}
+    digest = hashlib.sha1()
+    if size_hint <= _STREAM_HASH_BYTES:
+        digest.update(json.dumps(fields, **options).encode("utf-8", errors="surrogatepass"))
+    else:
+        step = _STREAM_HASH_BYTES
+        for chunk in json.JSONEncoder(**options).iterencode(fields):
+            for start in range(0, len(chunk), step):
+                digest.update(chunk[start:start + step].encode("utf-8", errors="surrogatepass"))
+    return f"L{line}-{digest.hexdigest()[:8]}"
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -146,13 +178,17 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
         an iterator of :class:`InputRecord` (``fields`` as read, ``shape`` from
         :func:`detect_shape`, ``source`` = ``str(path)``). JSONL and CSV are read line by
         line in constant memory (apart from the set of ids seen); a JSON array is loaded whole.
+        A record nested deeper than :data:`MAX_JSON_DEPTH` is a bad line (a :class:`ReadError`).
         A UTF-8 BOM at the start of the file is ignored; blank and whitespace-only lines are
         skipped (they are not errors). CSV/TSV rows whose cells are all blank are skipped too.
 
     Raises:
-        OptionError: unknown format, or the file does not exist (raised at call time).
+        OptionError: unknown format, the file does not exist or is not a regular file (a
+            FIFO, device or folder; raised at call time).
         RecordError: with ``strict=True``, a bad line (naming path and line); always, a JSON
             file that is not one array of values, or a CSV header with repeated names.
+        InputFileError: while iterating, the file cannot be read on (not gzip, truncated or
+            corrupt gzip, I/O error); the records before it have been yielded.
     """
     name = os.fspath(path)
     if format is None:
@@ -165,8 +201,8 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
         sniff = False
     if fmt == "ndjson":
         fmt = "jsonl"
-    if name != "-" and not os.path.isfile(name):
-        raise OptionError("input", name, "no such file")
+    if name != "-":
+        require_regular_file(name)
     if sniff and _first_char(name) == "{":
         fmt = "jsonl"
     return _read(name, fmt, id_field, strict, on_error)
@@ -182,8 +218,11 @@ def _open_binary(name: str) -> Any:
 
 
 def _first_char(name: str) -> str:
-    with _open_binary(name) as fh:
-        head = fh.read(4096)
+    try:
+        with _open_binary(name) as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise read_failure(name, exc, line=0, records=0) from None
     text = head.removeprefix(_BOM).decode("utf-8", errors="replace").lstrip()
     return text[:1]
 
@@ -198,11 +237,21 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         rows = _csv_rows(name, "\t" if fmt == "tsv" else ",")
     seen = IdSet()  # hashed ids, 8 bytes each: flat memory however long the input (io/idset.py)
     duplicates = 0
-    for line, obj, raw in rows:
+    last_line = 0
+    while True:
+        # Only the file's own reading is guarded: an OSError from on_error (the errors file)
+        # is not an input problem and must not be reported as one.
+        try:
+            line, obj, raw, size = next(rows)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error) as exc:
+            raise read_failure(name, exc, line=last_line, records=len(seen)) from None
+        last_line = line
         if isinstance(obj, ReadError):
             _report(obj, name, strict, on_error)
             continue
-        rid = _record_id(obj, line, id_field)
+        rid = _record_id(obj, line, id_field, size)
         if not seen.add(rid):
             duplicates += 1
             first = _first_line(name, fmt, id_field, rid, line) if duplicates <= _DUPLICATES_LOCATED else None
@@ -212,7 +261,9 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
                 raise RecordError(err.error, record=rid, line=line, source=name)
             _report(err, name, strict, on_error)
             continue
-        yield InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+        record = InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+        del obj, raw  # the record alone holds the data while the caller works on it
+        yield record
 
 
 #: Duplicate ids whose first line is looked up (each lookup re-reads the file up to that line).
@@ -226,10 +277,10 @@ def _first_line(name: str, fmt: str, id_field: str, rid: str, before: int) -> in
     rows = _jsonl_rows(name) if fmt == "jsonl" else _json_rows(name) if fmt == "json" else \
         _csv_rows(name, "\t" if fmt == "tsv" else ",")
     try:
-        for line, obj, _raw in rows:
+        for line, obj, _raw, size in rows:
             if line >= before:
                 return None
-            if not isinstance(obj, ReadError) and _record_id(obj, line, id_field) == rid:
+            if not isinstance(obj, ReadError) and _record_id(obj, line, id_field, size) == rid:
                 return line
     finally:
         close = getattr(rows, "close", None)
@@ -248,43 +299,60 @@ def _report(err: ReadError, name: str, strict: bool,
         on_error(err)
 
 
-def _record_id(fields: dict[str, Any], line: int, id_field: str) -> str:
+def _record_id(fields: dict[str, Any], line: int, id_field: str, size: int = 0) -> str:
     value = fields.get(id_field)
     if value is None or isinstance(value, (dict, list)):
-        return content_id(fields, line)
+        return content_id(fields, line, size_hint=size)
     text = str(value)
     if not text.strip():
-        return content_id(fields, line)
+        return content_id(fields, line, size_hint=size)
     return text
 
 
-# Each row producer yields (line, dict | ReadError, raw) triples.
-_Row = tuple[int, Any, Any]
-
+# Each row producer yields (line, dict | ReadError, raw, size): ``raw`` is the line's head (JSONL,
+# for error messages) or the row itself, ``size`` the row's size in bytes (0 if unknown).
+_Row = tuple[int, Any, Any, int]
 
 def _jsonl_rows(name: str) -> Iterator[_Row]:
+    # Memory: a line is held once as bytes, then once as text, then as the parsed record;
+    # each copy is dropped as soon as the next exists (``del``), and the loop avoids
+    # enumerate(), whose reused result tuple would keep the last line's bytes alive.
+    line_no = 0
     with _open_binary(name) as fh:
-        for line_no, data in enumerate(fh, start=1):
+        for data in fh:
+            line_no += 1
             if line_no == 1 and data.startswith(_BOM):
                 data = data[len(_BOM):]
+            size = len(data)
+            head = data[:_RAW_BYTES]
+            if json_too_deep(data):
+                del data
+                yield line_no, ReadError(line_no, f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                                         _raw_text(head), name), head, size
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield line_no, ReadError(line_no, f"invalid UTF-8: {exc}", _raw_text(data), name), data
+                yield line_no, ReadError(line_no, f"invalid UTF-8: {exc}", _raw_text(head), name), head, size
                 continue
-            if not text.strip():
+            finally:
+                del data
+            if not text or text.isspace():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield line_no, ReadError(line_no, f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                         _raw_text(data), name), data
+                                         _raw_text(head), name), head, size
                 continue
+            finally:
+                del text
             if not isinstance(obj, dict):
                 yield line_no, ReadError(line_no, f"expected a JSON object, got {_json_type(obj)}",
-                                         _raw_text(data), name), data
+                                         _raw_text(head), name), head, size
                 continue
-            yield line_no, obj, data
+            yield line_no, obj, head, size
+            del obj
 
 
 def _json_rows(name: str) -> Iterator[_Row]:
@@ -296,8 +364,13 @@ def _json_rows(name: str) -> Iterator[_Row]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise RecordError(f"invalid UTF-8: {exc}", line=line, source=name) from None
-    if not text.strip():
+    if not text or text.isspace():
         return
+    # One document: too deep anywhere means it cannot be read at all (records are one level in).
+    if json_too_deep(data, MAX_JSON_DEPTH + 1):
+        raise RecordError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (in a record)",
+                          source=name)
+    del data
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -309,9 +382,9 @@ def _json_rows(name: str) -> Iterator[_Row]:
     for index, obj in enumerate(doc, start=1):
         if not isinstance(obj, dict):
             yield index, ReadError(index, f"expected a JSON object, got {_json_type(obj)}",
-                                   _raw_text(obj), name), obj
+                                   _raw_text(obj), name), obj, 0
             continue
-        yield index, obj, obj
+        yield index, obj, obj, 0
 
 
 def _csv_rows(name: str, delimiter: str) -> Iterator[_Row]:
@@ -345,13 +418,13 @@ def _csv_parse(reader: Any, name: str, delimiter: str) -> Iterator[_Row]:
                                   line=start, source=name)
             continue
         if _has_surrogates(raw):
-            yield start, ReadError(start, "invalid UTF-8", _raw_text(_unescape(raw)), name), raw
+            yield start, ReadError(start, "invalid UTF-8", _raw_text(_unescape(raw)), name), raw, len(raw)
             continue
         if len(row) != len(header):
             yield start, ReadError(start, f"row has {len(row)} fields, the header has "
-                                   f"{len(header)}", _raw_text(raw), name), raw
+                                   f"{len(header)}", _raw_text(raw), name), raw, len(raw)
             continue
-        yield start, dict(zip(header, row)), raw
+        yield start, dict(zip(header, row)), raw, len(raw)
 
 
 def _has_surrogates(text: str) -> bool:

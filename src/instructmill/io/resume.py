@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instructmill.errors import ResumeError
+from instructmill.io.limits import require_regular_file
 
 __all__ = [
     "RunPaths",
@@ -69,7 +70,13 @@ def run_paths(output_path: str | os.PathLike[str]) -> RunPaths:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (constant memory)."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (constant memory).
+
+    Raises:
+        OptionError: ``path`` is missing or not a regular file (hashing a FIFO would block
+            until a writer appears, and would consume the data the run then needs).
+    """
+    require_regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
@@ -218,6 +225,9 @@ def read_state(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResumeError(f"cannot read the run state {path}: {exc}; "
                           "pass --overwrite to start the run again") from None
+    except RecursionError:  # a hand-edited state nested 1,000 deep; ours is 3 levels
+        raise ResumeError(f"cannot read the run state {path}: JSON nested too deeply; "
+                          "pass --overwrite to start the run again") from None
     if not isinstance(state, dict):
         raise ResumeError(f"the run state {path} is not a JSON object; "
                           "pass --overwrite to start the run again")
@@ -301,6 +311,6 @@ def repair_jsonl(path: str, key: str, on_line: Callable[[Any, Any], None] | None
 def _parse_line(data: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None

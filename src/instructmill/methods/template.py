@@ -23,6 +23,12 @@ Rendering rules (the same for every template):
   No HTML escaping is done.
 * Templates run in jinja2's sandbox (:class:`jinja2.sandbox.SandboxedEnvironment`), so a
   template cannot reach Python internals (``{{ ''.__class__ }}`` is refused).
+* Each record's render is limited in time and size (:class:`TemplateFiller` ``max_seconds``
+  / ``max_chars``, by default 5 s and 100 million characters; see
+  :mod:`~instructmill.methods.template_sandbox`): a record that passes a limit gets status
+  ``"template_error"`` with the reason, and the run goes on.
+* Template files are read with the bounded YAML loader (:mod:`instructmill.yamlload`): alias
+  bombs, deep nesting and files over 10 MiB are one-line errors.
 * Leading and trailing whitespace of each rendered field is stripped (so the trailing
   newline of a YAML block scalar does not leak); inner text is kept as rendered.
 * A field whose source is empty renders as ``""`` (nothing is copied from the row
@@ -46,7 +52,11 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from instructmill.errors import OptionError, TemplateError
+from instructmill.methods.template_sandbox import (MAX_RENDER_CHARS, MAX_RENDER_SECONDS,
+                                                   LimitedSandbox, RenderLimitError,
+                                                   render_limited, render_limits, render_pieces)
 from instructmill.records import EXAMPLE_FIELDS, Example, InputRecord, OutputRecord
+from instructmill.yamlload import compose_bounded, config_file_problem, yaml_problem
 
 __all__ = [
     "STATUS_TEMPLATE_ERROR",
@@ -91,11 +101,12 @@ def _finalize(value: Any) -> Any:
 def make_environment() -> SandboxedEnvironment:
     """The jinja2 environment every template is compiled in.
 
-    Sandboxed, ``StrictUndefined`` (a missing name is an error, not ``""``), trailing
+    Sandboxed with time and size limits (:class:`~instructmill.methods.template_sandbox.
+    LimitedSandbox`), ``StrictUndefined`` (a missing name is an error, not ``""``), trailing
     newlines kept (they are stripped after rendering), no autoescaping, ``None`` -> ``""``.
     """
-    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
-                                autoescape=False, finalize=_finalize)
+    return LimitedSandbox(undefined=StrictUndefined, keep_trailing_newline=True,
+                          autoescape=False, finalize=_finalize)
 
 
 _CHECK_ENV = make_environment()
@@ -127,6 +138,12 @@ def _check_source(source: str, *, template: str, section: str, path: str | None,
         _CHECK_ENV.compile(source)  # also catches unknown filters / tests
     except TemplateSyntaxError as exc:
         raise fail(TemplateError, exc.lineno, f"invalid jinja2 syntax: {exc.message}") from None
+    except RecursionError:  # jinja2's parser recurses once per nested block / bracket
+        raise fail(TemplateError, None, "cannot be compiled: blocks or brackets nested too "
+                   "deeply") from None
+    except (RenderLimitError, MemoryError, OverflowError) as exc:  # jinja2 folds constants
+        raise fail(TemplateError, None, f"cannot be compiled: a constant is too large "
+                   f"({type(exc).__name__}: {exc})") from None
     for node in ast.find_all((nodes.Getattr, nodes.Filter)):
         if isinstance(node, nodes.Getattr):
             attr = node.attr
@@ -283,9 +300,10 @@ def load_template(name_or_path: str | os.PathLike[str]) -> Template:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise OptionError("template", name_or_path, "must be a built-in name or a file path")
     path = Path(name_or_path)
-    if not path.is_file():
-        what = "is a folder, not a template file" if path.is_dir() else (
-            "is neither a built-in template nor an existing file")
+    problem = config_file_problem(path)  # before opening: a FIFO would block the read
+    if problem is not None:
+        what = "is neither a built-in template nor an existing file" if problem == "no such file" \
+            else problem
         raise OptionError("template", str(name_or_path), f"{what}; {_builtins_hint()}")
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -302,15 +320,14 @@ def load_template(name_or_path: str | os.PathLike[str]) -> Template:
 
 
 def _yaml_with_lines(text: str, path: str) -> tuple[Any, dict[str, LineMap]]:
-    """``yaml.safe_load`` plus, per top-level key, a map from value line to file line."""
-    loader = yaml.SafeLoader(text)
+    """``yaml.safe_load`` (bounded: :func:`~instructmill.yamlload.compose_bounded`) plus, per
+    top-level key, a map from value line to file line."""
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        data, node = compose_bounded(text)
     except yaml.YAMLError as exc:
-        raise OptionError("template", path, f"is not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
+        problem, line = yaml_problem(exc)
+        at = f" (line {line})" if line else ""
+        raise OptionError("template", path, f"is not valid YAML{at}: {problem}") from None
     line_maps: dict[str, LineMap] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -337,6 +354,8 @@ def _from_mapping_text(text: str, *, name: str, path: str, kind: str) -> Templat
             raise OptionError("template", path,
                               f"is not valid JSON: {exc.msg} (line {exc.lineno}, "
                               f"column {exc.colno})") from None
+        except RecursionError:
+            raise OptionError("template", path, "is not valid JSON: nested too deeply") from None
         line_maps = {}
     if not isinstance(data, dict):
         raise OptionError("template", path,
@@ -390,6 +409,10 @@ class TemplateFiller:
         variables: the user's values for template names; they win over row fields and
             template defaults (see the module docstring). Each must be a name the template
             uses, so a typo (``tgt_lang`` for ``tgt``) is caught.
+        max_seconds: longest render of one record (all sections), in seconds.
+        max_chars: most characters one record's render may output (all sections rendered
+            together; a section rendered alone counts on its own), and the longest value it
+            may build on the way.
 
     Attributes:
         template: the template.
@@ -398,16 +421,24 @@ class TemplateFiller:
             ``{"template": name, "variables": {...}}`` (``variables`` as above).
 
     Raises:
-        OptionError: a variable name the template does not use, or a badly typed value.
+        OptionError: a variable name the template does not use, a badly typed value, or a
+            limit that is not positive.
 
     The three sources are compiled once, here.
     """
 
     method = "template"
 
-    def __init__(self, template: Template, *, variables: Mapping[str, Any] | None = None):
+    def __init__(self, template: Template, *, variables: Mapping[str, Any] | None = None,
+                 max_seconds: float = MAX_RENDER_SECONDS, max_chars: int = MAX_RENDER_CHARS):
         if not isinstance(template, Template):
             raise OptionError("template", template, "must be a Template (see load_template)")
+        if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+            raise OptionError("max_seconds", max_seconds, "must be a positive number of seconds")
+        if not (isinstance(max_chars, int) and max_chars > 0):
+            raise OptionError("max_chars", max_chars, "must be a positive number of characters")
+        self.max_seconds = float(max_seconds)
+        self.max_chars = max_chars
         user = _check_variables(variables, "variables")
         unused = sorted(set(user) - set(template.required))
         if unused:
@@ -434,6 +465,25 @@ class TemplateFiller:
     def __repr__(self) -> str:
         return f"TemplateFiller({self.template.name!r}, variables={self.variables!r})"
 
+    def _split_sections(self, pieces: list[str]) -> list[str]:
+        """The combined render's pieces cut at the separator, one text per section.
+
+        Split piece by piece rather than joined then split: a field printed alone stays the
+        row's own string object (``"".join`` of one string returns it), so a 20 MB field is
+        not copied twice. A row value that holds the separator yields too many sections, and
+        the caller renders section by section.
+        """
+        sections: list[list[str]] = [[]]
+        for piece in pieces:
+            if self._separator in piece:
+                first, *rest = piece.split(self._separator)
+                sections[-1].append(first)
+                sections.extend([part] for part in rest)
+            else:
+                sections[-1].append(piece)
+        # Empty pieces dropped: ["", text] would make join copy text.
+        return ["".join([p for p in section if p]) for section in sections]
+
     def _context(self, record: InputRecord) -> dict[str, Any]:
         ctx = dict(self.template.variables)
         ctx.update((k, v) for k, v in record.fields.items() if isinstance(k, str))
@@ -456,15 +506,23 @@ class TemplateFiller:
         Raises:
             TemplateError: a name the template needs is missing from the row (the message
                 names the field, the record id and line, and the row's fields), the
-                rendered instruction is empty, or a filter/expression failed on the row's
-                values (e.g. ``{{ text + 1 }}`` on a string).
+                rendered instruction is empty, a filter/expression failed on the row's
+                values (e.g. ``{{ text + 1 }}`` on a string), or the render passed its time
+                or size limit (``max_seconds`` / ``max_chars``).
             UnsafeTemplateError: the sandbox refused an operation of the template.
         """
+        with render_limits(self.max_seconds, self.max_chars):
+            return self._render(record)
+
+    def _render(self, record: InputRecord) -> OutputRecord:
         ctx = self._context(record)
         rendered: dict[str, str] = {}
         if self._combined is not None:
             try:
-                parts = self._combined.render(ctx).split(self._separator)
+                parts = self._split_sections(render_pieces(self._combined, ctx))
+            except RenderLimitError as exc:  # the same limit would stop each section again
+                raise self._error(TemplateError, record, f"template {self.template.name!r}: "
+                                  f"{exc}") from None
             except Exception:  # noqa: BLE001 - rendered again below, section by section, for the message
                 parts = []
             if len(parts) == len(self._compiled):
@@ -473,7 +531,10 @@ class TemplateFiller:
             if section in rendered:
                 continue
             try:
-                rendered[section] = compiled.render(ctx).strip()
+                rendered[section] = render_limited(compiled, ctx).strip()
+            except RenderLimitError as exc:
+                raise self._error(TemplateError, record, f"template {self.template.name!r} "
+                                  f"({section}): {exc}") from None
             except SecurityError as exc:
                 raise self._error(UnsafeTemplateError, record,
                                   f"template {self.template.name!r} ({section}) did something "

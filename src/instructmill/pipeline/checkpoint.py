@@ -167,8 +167,9 @@ class StateDir:
         out: dict[str, dict[str, Any]] = {}
         for name, source in self.spec.sources.items():
             path = self.spec.resolve(source.path)
-            if not os.path.isfile(path):
-                raise OptionError(f"sources.{name}.path", source.path, f"no such file ({path})")
+            if not os.path.isfile(path):  # a FIFO, device or folder exists but is refused too
+                what = "not a regular file" if os.path.exists(path) else "no such file"
+                raise OptionError(f"sources.{name}.path", source.path, f"{what} ({path})")
             out[f"sources.{name}"] = {"path": source.path, "sha256": file_sha256(path),
                                       "size": os.path.getsize(path)}
         for stage in self.spec.stages:

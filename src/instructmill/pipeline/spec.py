@@ -268,6 +268,11 @@ def load_spec(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None 
             (the message names file, line and key path).
     """
     name = os.fspath(path)
+    from ..yamlload import config_file_problem
+
+    problem = config_file_problem(name)  # before opening: a FIFO would block the read
+    if problem is not None:
+        raise PipelineSpecError(problem, file=name)
     try:
         text = Path(name).read_text(encoding="utf-8-sig")
     except FileNotFoundError:

@@ -254,19 +254,25 @@ def build(cls: type, data: Any, path: str, doc: Doc, *, defaults: Mapping[str, A
 # ---------------------------------------------------------------------- file formats
 
 def load_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    """Parse a YAML pipeline file: ``(data, key path -> line)``.
+
+    Parsed with :class:`~instructmill.yamlload.BoundedSafeLoader`, so an alias bomb, a
+    recursive alias or nesting deeper than :data:`~instructmill.yamlload.MAX_DEPTH` is a
+    one-line error instead of minutes of work or a ``RecursionError``.
+
+    Raises:
+        PipelineSpecError: invalid YAML or a limit passed (``FILE:LINE: invalid YAML: ...``),
+            or a duplicate key.
+    """
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    from ..yamlload import compose_bounded, yaml_problem
+
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        data, node = compose_bounded(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem, line = yaml_problem(exc)
         raise PipelineSpecError(f"invalid YAML: {problem}", file=file, line=line) from None
-    finally:
-        loader.dispose()
     lines: dict[str, int] = {}
     if node is not None:
         _yaml_lines(node, "", lines, file)
@@ -305,6 +311,8 @@ def load_toml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise PipelineSpecError(f"invalid TOML: {exc}", file=file, line=int(m.group(1)) if m else None) from None
+    except RecursionError:  # tomllib recurses once per nested array / inline table
+        raise PipelineSpecError("invalid TOML: arrays or tables nested too deeply", file=file) from None
     return data, _toml_lines(text)
 
 
