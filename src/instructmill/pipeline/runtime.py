@@ -219,6 +219,7 @@ class SourceNode(_Node):
         self.path = path
         self.errors_path = errors_path
         self.errors = 0
+        self.failure: InstructmillError | None = None
 
     def run(self) -> None:
         from ..io.readers import read_records, to_example
@@ -244,16 +245,21 @@ class SourceNode(_Node):
             if self.spec.limit is not None:
                 records = itertools.islice(records, self.spec.limit)
             batch: list[Item] = []
-            for raw in records:
-                try:
-                    example, error = to_example(raw), None
-                except RecordError as exc:
-                    example, error = Example(instruction=""), str(exc)
-                record = OutputRecord(raw.id, example, STATUS_OK, "source", {"source": self.name})
-                batch.append(Item(record, raw=raw, error=error))
-                if len(batch) >= 64:
-                    self.emit(batch)
-                    batch = []
+            try:
+                for raw in records:
+                    try:
+                        example, error = to_example(raw), None
+                    except RecordError as exc:
+                        example, error = Example(instruction=""), str(exc)
+                    record = OutputRecord(raw.id, example, STATUS_OK, "source", {"source": self.name})
+                    batch.append(Item(record, raw=raw, error=error))
+                    if len(batch) >= 64:
+                        self.emit(batch)
+                        batch = []
+            except InstructmillError as exc:
+                # the input itself fails part-way (a truncated .gz): what was read still flows to the
+                # sinks, and the run reports the failure once everything downstream has finished
+                self.failure = exc
             self.emit(batch)
         finally:
             if writer is not None:
@@ -633,6 +639,11 @@ class Runtime:
             log.error("%s failed:\n%s", name, tb)
             raise PipelineError(f"{name} failed: {type(exc).__name__}: {exc} (traceback above){hint}", node=name,
                                 cause=exc) from exc
+        late = [(n.name, n.failure) for n in nodes if isinstance(n, SourceNode) and n.failure is not None]
+        if late:
+            name, exc = late[0]
+            raise PipelineError(f"source {name!r}: {exc}; everything read before it was processed and written",
+                                node=name, cause=exc) from exc
         engine_stats = registry.stats()
         report = build_report(spec, nodes=nodes, stages=stages, engines=engine_stats, state_dir=state.path,
                               resumed=resumed, sessions=int(state.state.get("sessions", 1)),
