@@ -280,3 +280,28 @@ def test_run_guards_repeats_within_the_recent_window(tmp_path):
         with pytest.raises(RuntimeError, match="twice"):
             run.write([rec(run_module.RECENT_IDS - 1)])
     assert len(_ids(tmp_path / "o.jsonl")) == run_module.RECENT_IDS
+
+
+def test_pipeline_source_truncated_gzip_keeps_everything_read(tmp_path):
+    import gzip
+
+    from instructmill.pipeline import Pipeline, PipelineError
+
+    raw = "".join(json.dumps({"id": f"r{i}", "instruction": f"Say {i} twice please."}) + "\n" for i in range(3000))
+    whole = gzip.compress(raw.encode())
+    data = tmp_path / "in.jsonl.gz"
+    data.write_bytes(whole[: len(whole) * 2 // 3])  # cut: the stream ends early
+    out = tmp_path / "p.jsonl"
+    spec = {"sources": {"rows": {"path": str(data)}}, "stages": [{"method": "template", "template": "alpaca"}],
+            "sinks": [{"path": str(out)}], "settings": {"progress": False, "report": False}}
+    with pytest.raises(PipelineError, match="truncated.*everything read before it was processed"):
+        Pipeline(spec).run()
+    ids = _ids(out, tmp_path / "p.discards.jsonl")
+    readable = gzip.GzipFile(fileobj=__import__("io").BytesIO(data.read_bytes()))
+    read_lines = 0
+    try:
+        for _ in readable:
+            read_lines += 1
+    except EOFError:
+        pass
+    assert len(ids) == len(set(ids)) and len(ids) >= read_lines - 1 and len(ids) > 64
