@@ -159,6 +159,9 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("evolve", "llm", _lazy("instructmill.methods.evol", "EvolOptions"),
                window_field="records_per_batch", concurrency=4,
                description="Evol-Instruct in-depth / in-breadth rewriting (Xu et al. 2023)"),
+    MethodInfo("judge", "llm", _lazy("instructmill.methods.judge", "JudgeOptions"),
+               window_field="records_per_batch", concurrency=4,
+               description="LLM-as-judge: score each record 1-5 on a rubric, keep by threshold"),
     MethodInfo("back-translate", "translation", _lazy("instructmill.methods.backtranslation",
                                                       "BackTranslationOptions"),
                exclude=("source_lang", "pivots"), window_field="chunk_size", timed_window=True,
@@ -172,7 +175,8 @@ METHODS: dict[str, MethodInfo] = {m.name: m for m in (
 #: Other spellings accepted for method names.
 ALIASES = {"self_instruct": "self-instruct", "selfinstruct": "self-instruct", "back_translate": "back-translate",
            "backtranslate": "back-translate", "backtranslation": "back-translate", "evol": "evolve",
-           "evol-instruct": "evolve", "evol_instruct": "evolve", "deduplicate": "dedup", "response": "respond"}
+           "evol-instruct": "evolve", "evol_instruct": "evolve", "deduplicate": "dedup", "response": "respond",
+           "llm-judge": "judge", "llm_judge": "judge", "score": "judge"}
 
 
 def canonical_method(name: str) -> str | None:
@@ -400,6 +404,13 @@ def _evolve_stage(ctx: StageContext) -> MapStage:
     from ..methods.evol import Evolver
 
     return _llm_map_stage(ctx, Evolver, fanout=ctx.options.rounds)
+
+
+@stage_builder("judge")
+def _judge_stage(ctx: StageContext) -> MapStage:
+    from ..methods.judge import Judge
+
+    return _llm_map_stage(ctx, Judge)
 
 
 @stage_builder("back-translate")
