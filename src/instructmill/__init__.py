@@ -1,37 +1,81 @@
 """instructmill: high-throughput construction of instruction-tuning data.
 
-The Python API (everything the CLI does):
+The Python API (everything the CLI does), importable from the top level::
 
-* :class:`~instructmill.methods.backtranslation.BackTranslator` -- paraphrase by round-trip translation;
-* :class:`~instructmill.methods.template.TemplateFiller` / :func:`~instructmill.methods.template.load_template`;
-* :func:`~instructmill.converters.convert_model` -- HF -> CTranslate2 with verification;
-* :func:`~instructmill.io.readers.read_records` / :func:`~instructmill.io.run.open_run` -- records in and out.
+    from instructmill import BackTranslator, TemplateFiller, load_llm, Responder, Pipeline
 
-Heavy engines (CTranslate2, transformers, torch) are imported only when used.
+* records in and out: :func:`~instructmill.io.readers.read_records`,
+  :func:`~instructmill.io.run.open_run`;
+* templates: :class:`~instructmill.methods.template.TemplateFiller`,
+  :func:`~instructmill.methods.template.load_template`;
+* back-translation: :class:`~instructmill.methods.backtranslation.BackTranslator` with
+  :class:`~instructmill.methods.backtranslation.BackTranslationOptions`,
+  :class:`~instructmill.engine.scheduler.BatchingOptions` and
+  :class:`~instructmill.engine.ctranslate2_backend.CTranslate2Options`;
+* LLM generation: :func:`~instructmill.engine.llm_backends.load_llm` (vLLM, CTranslate2 or
+  transformers) with :class:`~instructmill.engine.llm.LLMEngineOptions` and
+  :class:`~instructmill.engine.llm.SamplingOptions`; the methods
+  :class:`~instructmill.methods.self_instruct.SelfInstruct`,
+  :class:`~instructmill.methods.humpback.Humpback`, :class:`~instructmill.methods.evol.Evolver`
+  and :class:`~instructmill.methods.respond.Responder`, each with its options class;
+* pipelines: :class:`~instructmill.pipeline.Pipeline`, :class:`~instructmill.pipeline.ray_plan.RayOptions`;
+* conversion: :func:`~instructmill.converters.convert_model` (HF -> CTranslate2, verified).
+
+Every name is imported on first use (module ``__getattr__``), so ``import instructmill`` imports no
+engine (CTranslate2, transformers, torch, vLLM, Ray) and stays fast.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["BackTranslator", "BackTranslationOptions", "TemplateFiller", "load_template", "convert_model",
-           "read_records", "open_run", "BatchingOptions", "CTranslate2Options", "__version__"]
-
+#: public name -> the module that defines it (imported on first access)
 _LAZY = {
-    "BackTranslator": "instructmill.methods.backtranslation",
-    "BackTranslationOptions": "instructmill.methods.backtranslation",
-    "TemplateFiller": "instructmill.methods.template",
-    "load_template": "instructmill.methods.template",
-    "convert_model": "instructmill.converters",
+    # records in and out
     "read_records": "instructmill.io.readers",
     "open_run": "instructmill.io.run",
+    "InputRecord": "instructmill.records",
+    "OutputRecord": "instructmill.records",
+    "Example": "instructmill.records",
+    # templates
+    "TemplateFiller": "instructmill.methods.template",
+    "load_template": "instructmill.methods.template",
+    # back-translation
+    "BackTranslator": "instructmill.methods.backtranslation",
+    "BackTranslationOptions": "instructmill.methods.backtranslation",
     "BatchingOptions": "instructmill.engine.scheduler",
     "CTranslate2Options": "instructmill.engine.ctranslate2_backend",
+    # LLM generation
+    "load_llm": "instructmill.engine.llm_backends",
+    "LLMEngineOptions": "instructmill.engine.llm",
+    "SamplingOptions": "instructmill.engine.llm",
+    "SelfInstruct": "instructmill.methods.self_instruct",
+    "SelfInstructOptions": "instructmill.methods.self_instruct",
+    "Humpback": "instructmill.methods.humpback",
+    "HumpbackOptions": "instructmill.methods.humpback",
+    "Evolver": "instructmill.methods.evol",
+    "EvolOptions": "instructmill.methods.evol",
+    "Responder": "instructmill.methods.respond",
+    "RespondOptions": "instructmill.methods.respond",
+    # pipelines
+    "Pipeline": "instructmill.pipeline",
+    "RayOptions": "instructmill.pipeline.ray_plan",
+    # conversion
+    "convert_model": "instructmill.converters",
 }
+
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'instructmill' has no attribute {name!r}")
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'instructmill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
