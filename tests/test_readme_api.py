@@ -70,3 +70,47 @@ def test_readme_python_block_runs(index, code, tmp_path, monkeypatch, request):
     # what the blocks print are real results, none of them an error status
     bad = ("invalid_record", "template_error", "empty_output", "Traceback")
     assert not [line for line in lines if any(b in line for b in bad)], printed
+
+
+def test_import_turns_engine_telemetry_off_unless_the_user_chose():
+    """The README's no-telemetry line: vLLM's and Ray's usage reports and hub telemetry are off."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import instructmill
+
+    src = str(Path(instructmill.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k not in instructmill.NO_TELEMETRY}
+    env["PYTHONPATH"] = src
+    code = ("import json, os, sys, instructmill; "
+            "print(json.dumps({k: os.environ.get(k) for k in instructmill.NO_TELEMETRY})); "
+            "print(sorted({'torch', 'vllm', 'ray', 'ctranslate2', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    values, heavy = out.stdout.splitlines()
+    assert json.loads(values) == {"VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                                  "HF_HUB_DISABLE_TELEMETRY": "1"}
+    assert heavy == "[]"  # and `import instructmill` stays light
+    env["RAY_USAGE_STATS_ENABLED"] = "1"  # an explicit choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[0])["RAY_USAGE_STATS_ENABLED"] == "1"
+    assert "sends nothing anywhere" in README.read_text(encoding="utf-8")
+
+
+def test_top_level_exports():
+    import instructmill
+    from instructmill.engine.llm import LLMEngineOptions, SamplingOptions
+    from instructmill.engine.llm_backends import load_llm
+    from instructmill.pipeline import Pipeline
+    from instructmill.pipeline.ray_plan import RayOptions
+
+    expected = {"load_llm": load_llm, "SamplingOptions": SamplingOptions, "LLMEngineOptions": LLMEngineOptions,
+                "Pipeline": Pipeline, "RayOptions": RayOptions}
+    for name, value in expected.items():
+        assert getattr(instructmill, name) is value and name in instructmill.__all__
+    for name in ("SelfInstruct", "Humpback", "Evolver", "Responder", "BackTranslator", "TemplateFiller",
+                 "convert_model", "read_records", "open_run"):
+        assert callable(getattr(instructmill, name)) and name in dir(instructmill)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        instructmill.nope  # noqa: B018

@@ -23,10 +23,24 @@ The Python API (everything the CLI does), importable from the top level::
 
 Every name is imported on first use (module ``__getattr__``), so ``import instructmill`` imports no
 engine (CTranslate2, transformers, torch, vLLM, Ray) and stays fast.
+
+instructmill sends nothing anywhere. Two of the engines it drives report usage by default (vLLM to
+stats.vllm.ai, a Ray instance started by ``ray.init`` to usage-stats.ray.io) and huggingface_hub adds
+telemetry to downloads; importing instructmill switches these off for this process and the ones it
+starts, unless the variable is already set (an explicit choice wins): see :data:`NO_TELEMETRY`.
 """
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+#: Environment defaults that turn off the engines' own usage reports (vLLM's ``usage_lib``, Ray's
+#: ``usage_lib``, huggingface_hub's download telemetry); set with ``os.environ.setdefault``.
+NO_TELEMETRY = {"VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+for _name, _value in NO_TELEMETRY.items():
+    _os.environ.setdefault(_name, _value)
+del _name, _value, _os
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {
@@ -63,7 +77,7 @@ _LAZY = {
     "convert_model": "instructmill.converters",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [*_LAZY, "NO_TELEMETRY", "__version__"]
 
 
 def __getattr__(name: str):

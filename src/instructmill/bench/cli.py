@@ -135,7 +135,8 @@ def all_(**kw: Any) -> None:
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="PNG of the headline figure over runs (default: next to the history, <name>.png).")
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG.")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
+              help="text: aligned columns; markdown: a GitHub table (as in the README); json: the records.")
 @click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=0.10, show_default=True,
               help="Flag a workload whose latest run is more than this fraction below its best earlier run.")
 @click.option("--workload", default=None, help="Only this workload.")

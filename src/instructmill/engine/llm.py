@@ -118,7 +118,9 @@ class LLMEngineOptions:
             SmolLM2-135M into repetition, measured).
         enforce_eager: vLLM without torch.compile / CUDA graphs; ``None`` = eager on CPU (engine
             start ~20 s instead of ~40 s, measured), compiled on GPU.
-        threads: CPU threads for CTranslate2 / transformers (``None`` = all cores).
+        threads: CPU threads of the CTranslate2 / transformers engine (``None`` = all cores). An
+            LLM engine is one replica, so one count; translation engines split theirs into
+            ``inter_threads`` replicas x ``intra_threads`` each.
     """
 
     max_model_len: int | None = None

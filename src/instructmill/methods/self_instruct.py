@@ -88,7 +88,8 @@ class SelfInstructOptions:
         max_tasks_per_sample: new tasks a sample may write before it is stopped.
         prompts_per_round: prompts per round (each sampled ``sampling.n`` times).
         max_rounds: stop after this many rounds even if fewer instructions were kept.
-        min_words, max_words: instruction length bounds in words (whitespace-separated), inclusive.
+        min_words: fewest words an instruction may have (whitespace-separated, inclusive).
+        max_words: most words an instruction may have (whitespace-separated, inclusive).
         blacklist: keywords (whole words or phrases, case-insensitive) that discard an instruction.
         reject_write_a_program: discard instructions starting with "Write a program" (the paper).
         ascii_start: discard instructions whose first character is not ASCII (the paper; turn
