@@ -132,7 +132,8 @@ def test_process_streams_a_generator():
 
 @pytest.mark.parametrize("bad", ["The garden is quiet.", {"instruction": "one dict"}])
 def test_process_refuses_one_string_or_dict_at_call_time(bad):
-    with pytest.raises(TypeError, match=rf"records must be an iterable of records .* not a single {type(bad).__name__}"):
+    message = rf"records must be an iterable of records .* not a single {type(bad).__name__}"
+    with pytest.raises(TypeError, match=message):
         fake_bt().process(bad)  # no next(): refused when called
 
 
