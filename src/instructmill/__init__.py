@@ -28,6 +28,8 @@ instructmill sends nothing anywhere. Two of the engines it drives report usage b
 stats.vllm.ai, a Ray instance started by ``ray.init`` to usage-stats.ray.io) and huggingface_hub adds
 telemetry to downloads; importing instructmill switches these off for this process and the ones it
 starts, unless the variable is already set (an explicit choice wins): see :data:`NO_TELEMETRY`.
+vLLM and Ray read theirs when they start; huggingface_hub reads its own when it is imported, so it
+applies when instructmill is imported first (as the CLI does).
 """
 from __future__ import annotations
 
