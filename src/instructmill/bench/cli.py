@@ -24,6 +24,9 @@ from .core import DEVICES
 
 __all__ = ["bench", "script_main"]
 
+HISTORY_HELP = ("History file [default: <INSTRUCTMILL_CACHE or ~/.cache/instructmill>/bench/history.jsonl]; "
+                "the repository's reference runs: --history benchmarks/history.jsonl.")
+
 
 def _engines(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
     if value is None:
@@ -59,7 +62,7 @@ def run_options(func: Callable) -> Callable:
                      help="Built models / conversions (default: <INSTRUCTMILL_CACHE>/bench)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampled inputs."),
         click.option("--history", "history", type=click.Path(dir_okay=False), default=None,
-                     help="History file (default: benchmarks/history.jsonl of the checkout, else the cache's)."),
+                     help=HISTORY_HELP + " Appended to."),
         click.option("--no-save", is_flag=True, help="Do not append to the history."),
         click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
                      help="Write the history's PNG plot there after the run."),
@@ -131,22 +134,24 @@ def all_(**kw: Any) -> None:
 
 @bench.command("report")
 @click.option("--history", "history", type=click.Path(dir_okay=False), default=None,
-              help="History file (default: benchmarks/history.jsonl of the checkout, else the cache's).")
+              help=HISTORY_HELP + " Read.")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="PNG of the headline figure over runs (default: next to the history, <name>.png).")
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG.")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
+              help="text: aligned columns; markdown: a GitHub table (as in the README); json: the records.")
 @click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=0.10, show_default=True,
-              help="Flag a workload whose latest run is more than this fraction below its best earlier run.")
+              help="Flag a series whose latest run is more than this fraction below its best earlier run.")
 @click.option("--workload", default=None, help="Only this workload.")
 @user_errors
 def report(history: str | None, plot: str | None, no_plot: bool, fmt: str, threshold: float,
            workload: str | None) -> None:
-    """Show the latest run of each workload; exit 1 when one regressed.
+    """Show the latest run of each series; exit 1 when one regressed.
 
-    Runs are compared only with runs on the same hardware and with the same workload facts
-    (dataset, counts, lengths, model, quick); instructmill's batch settings are not among them, so a
-    run with a small batch budget is compared with the normal runs.
+    A series is one workload's runs with the same kind (quick or full), workload facts (dataset,
+    counts, lengths, model), machine and CPU instruction-set level (AVX2 / AVX-512 / AVX-512 VNNI);
+    a run is compared only with earlier runs of its series. instructmill's batch settings are not
+    among the facts, so a run with a small batch budget is compared with the normal runs.
     """
     from .history import default_history_path, load_history
     from .report import format_regressions, format_table, latest_runs, plot_history, regressions, report_json
@@ -176,16 +181,17 @@ def report(history: str | None, plot: str | None, no_plot: bool, fmt: str, thres
         latest = latest_runs(records)
         if fmt == "markdown":
             dates = sorted({str(r.get("date")) for r in latest})
-            click.echo(f"Latest run of each workload ({len(records)} runs in `{path.name}`; "
+            click.echo(f"Latest run of each series ({len(records)} runs in `{path.name}`; "
                        f"{dates[0] if dates else '-'} to {dates[-1] if dates else '-'}):\n")
         else:
-            click.echo(f"{len(records)} runs in {path}; the latest of each workload:")
+            click.echo(f"{len(records)} runs in {path}; the latest of each series:")
         click.echo(format_table(latest, fmt))
         click.echo("")
         if found:
             click.echo(format_regressions(found))
         else:
-            click.echo(f"no regression (threshold {threshold * 100:.0f}%, same hardware and workload facts)")
+            click.echo(f"no regression (threshold {threshold * 100:.0f}%; each series compared only with itself: "
+                       "workload, quick/full, sizes, machine, CPU ISA level)")
         if png:
             click.echo(f"plot: {png}")
     if found:

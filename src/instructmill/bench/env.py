@@ -68,6 +68,25 @@ def cpu_flags() -> list[str]:
     return []
 
 
+#: CPU instruction-set levels that change CTranslate2 / torch / Python-extension speed, best first:
+#: (label, the ``/proc/cpuinfo`` flag that shows it). The same workload measures differently on
+#: each level (wider vectors; int8 dot products on VNNI), so runs are compared only within one.
+ISA_LEVELS = (("AVX-512 VNNI", "avx512_vnni"), ("AVX-512", "avx512f"), ("AVX2", "avx2"))
+
+
+def isa_level(flags: Iterable[str] | None) -> str:
+    """The best :data:`ISA_LEVELS` label the CPU ``flags`` show: ``"AVX-512 VNNI"``, ``"AVX-512"``,
+    ``"AVX2"``; ``"below AVX2"`` when flags are known but show none; ``"ISA unknown"`` when there are
+    no flags (no ``/proc/cpuinfo``, or a history line written without them)."""
+    flags = set(flags or ())
+    if not flags:
+        return "ISA unknown"
+    for label, flag in ISA_LEVELS:
+        if flag in flags:
+            return label
+    return "below AVX2"
+
+
 def machine_cpu_seconds() -> tuple[float, float] | None:
     """``(busy, total)`` CPU seconds of the whole machine since boot, all cores, from the first line
     of ``/proc/stat`` (busy = user + nice + system + irq + softirq + steal; total adds idle and

@@ -13,8 +13,10 @@ facts two runs must share to be compared (see :mod:`instructmill.bench.report`);
 shared by the workloads of one ``bench all``; ``wall_s`` is the workload's whole wall time in
 seconds, set-up (model builds, conversions) included.
 
-The default file is ``benchmarks/history.jsonl`` of the checkout when instructmill runs from
-one, else ``<INSTRUCTMILL_CACHE or ~/.cache/instructmill>/bench/history.jsonl``.
+The default file is the user's: ``<INSTRUCTMILL_CACHE or ~/.cache/instructmill>/bench/history.jsonl``,
+so running the benchmarks never changes a checkout. ``benchmarks/history.jsonl`` in the repository
+holds the developers' reference runs; it is written only when named (``--history
+benchmarks/history.jsonl``).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .core import WorkloadResult
-from .env import REPO_ROOT, append_jsonl, cpu_flags, cpu_model, git_dirty, git_sha, package_version, utc_now, versions
+from .env import append_jsonl, cpu_flags, cpu_model, git_dirty, git_sha, isa_level, package_version, utc_now, versions
 
 __all__ = ["SCHEMA", "HistoryWarning", "default_history_path", "gpu_name", "hardware", "load_history",
            "make_record", "append_records", "new_run_id", "packages", "visible_cores"]
@@ -45,9 +47,7 @@ class HistoryWarning(UserWarning):
 
 
 def default_history_path() -> Path:
-    """``benchmarks/history.jsonl`` of the checkout if there is one, else the cache's ``bench/history.jsonl``."""
-    if (REPO_ROOT / "benchmarks").is_dir():
-        return REPO_ROOT / "benchmarks" / "history.jsonl"
+    """``<INSTRUCTMILL_CACHE or ~/.cache/instructmill>/bench/history.jsonl`` (never a file of the checkout)."""
     from ..models.cache import cache_dir
 
     return cache_dir() / "bench" / "history.jsonl"
@@ -91,17 +91,20 @@ def gpu_name(device: str) -> str | None:
 
 
 def hardware(device: str = "cpu") -> dict[str, Any]:
-    """The machine a run measured: ``{"key", "cpu_model", "cores", "cpu_flags", "gpu", "device"}``.
+    """The machine a run measured: ``{"key", "cpu_model", "cores", "cpu_flags", "isa", "gpu", "device"}``.
 
-    ``key`` is a short stable string (``"AMD EPYC | 2 cores | no gpu | cpu"``); regressions are
-    only looked for between runs with the same key.
+    ``key`` is a short stable string (``"AMD EPYC | 2 cores | no gpu | cpu"``); ``isa`` the CPU's
+    instruction-set level (:func:`~instructmill.bench.env.isa_level`: ``"AVX2"``, ``"AVX-512"``,
+    ``"AVX-512 VNNI"``). Regressions are only looked for within a series, which includes both
+    (see :func:`instructmill.bench.report.series_key`).
     """
     model = cpu_model() or "unknown cpu"
     cores = visible_cores()
     gpu = gpu_name(device)
+    flags = cpu_flags()
     key = f"{model} | {cores} cores | {gpu or 'no gpu'} | {device}"
-    return {"key": key, "cpu_model": model, "cores": cores, "cpu_flags": cpu_flags(), "gpu": gpu,
-            "device": device}
+    return {"key": key, "cpu_model": model, "cores": cores, "cpu_flags": flags, "isa": isa_level(flags),
+            "gpu": gpu, "device": device}
 
 
 def packages() -> dict[str, str | None]:

@@ -1,12 +1,16 @@
 """Read the benchmark history: tables, regressions, a PNG of throughput over runs.
 
-Regressions (:func:`regressions`): runs are grouped by workload, hardware key
-(``hardware["key"]``) and ``detail["comparable"]`` (dataset and its hash, counts, lengths,
-model shape, quick: everything that changes what is measured, but not instructmill's batch
-settings, so a run with a deliberately small batch budget is compared with the normal ones). In
-each group the latest run's headline figure is compared with the best *earlier* run's and is
-flagged when ``latest < (1 - threshold) * best`` (default threshold 0.10, the issue's 10%).
-A group with a single run has nothing to compare with.
+Series (:func:`series_key`, labelled by :func:`series_label`): runs of one workload are a series
+when they share the run kind (``quick`` or ``full``), the machine (``hardware["key"]``: CPU model,
+cores, GPU, device), the CPU's instruction-set level (AVX2 / AVX-512 / AVX-512 VNNI, from the
+recorded ``/proc/cpuinfo`` flags) and ``detail["comparable"]`` (dataset and its hash, counts,
+lengths, model shape: everything that changes what is measured, but not instructmill's batch
+settings, so a run with a deliberately small batch budget is compared with the normal ones).
+
+Regressions (:func:`regressions`) are looked for only within a series: the latest run's headline
+figure is compared with the best *earlier* run's of the same series and is flagged when
+``latest < (1 - threshold) * best`` (default threshold 0.10, the issue's 10%). A series with a
+single run has nothing to compare with. Tables show the latest run of every series, labelled.
 """
 from __future__ import annotations
 
@@ -17,9 +21,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .core import ROLE_INSTRUCTMILL
+from .env import isa_level
 
-__all__ = ["Regression", "regressions", "group_key", "latest_runs", "engine_rows", "format_table",
-           "format_regressions", "report_json", "plot_history", "unit_of", "fmt_number", "fmt_ratio"]
+__all__ = ["Regression", "regressions", "series_key", "series_label", "group_key", "run_kind", "isa_of",
+           "latest_runs", "engine_rows", "format_table", "format_regressions", "report_json", "plot_history",
+           "unit_of", "fmt_number", "fmt_ratio"]
+
+#: ``detail["comparable"]`` keys that give a workload's size, shown in series labels (first found).
+SIZE_KEYS = ("rows", "candidates", "sentences", "num_prompts", "records", "requests")
 
 #: headline metric -> unit shown in tables (a workload may set ``detail["unit"]`` instead).
 UNITS = {
@@ -35,11 +44,55 @@ def unit_of(record: dict[str, Any]) -> str:
     return str(detail.get("unit") or UNITS.get(record.get("headline_metric", ""), record.get("headline_metric", "")))
 
 
-def group_key(record: dict[str, Any]) -> tuple[str, str, str]:
-    """``(workload, hardware key, canonical JSON of detail["comparable"])``: runs comparable for regressions."""
+def run_kind(record: dict[str, Any]) -> str:
+    """``"quick"`` or ``"full"``: from the run's options, else ``detail["comparable"]["quick"]``."""
+    quick = (record.get("options") or {}).get("quick")
+    if quick is None:
+        quick = ((record.get("detail") or {}).get("comparable") or {}).get("quick")
+    return "quick" if quick else "full"
+
+
+def isa_of(record: dict[str, Any]) -> str:
+    """The CPU instruction-set level of a run (``hardware["isa"]``, else from ``hardware["cpu_flags"]``)."""
+    hw = record.get("hardware") or {}
+    return str(hw.get("isa") or isa_level(hw.get("cpu_flags")))
+
+
+def series_key(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """``(workload, quick|full, hardware key, ISA level, canonical JSON of detail["comparable"])``:
+    runs with the same key are one series, and only they are compared (module docstring)."""
     comparable = (record.get("detail") or {}).get("comparable")
-    return (str(record.get("workload")), str((record.get("hardware") or {}).get("key")),
-            json.dumps(comparable, sort_keys=True, default=str))
+    return (str(record.get("workload")), run_kind(record), str((record.get("hardware") or {}).get("key")),
+            isa_of(record), json.dumps(comparable, sort_keys=True, default=str))
+
+
+#: Older name of :func:`series_key`.
+group_key = series_key
+
+
+def series_label(record: dict[str, Any], *, workload: bool = True, machine: bool = True, sep: str = " | ") -> str:
+    """A readable name of ``record``'s series, e.g.
+    ``"template | quick | rows 20000 | AMD EPYC x2 cpu | AVX-512 VNNI"``.
+
+    ``workload`` / ``machine``: include the workload name / the CPU (or GPU), cores and device (left
+    out where a table shows them elsewhere). The ISA level is always included.
+    """
+    comparable = (record.get("detail") or {}).get("comparable") or {}
+    bits = [str(record.get("workload"))] if workload else []
+    bits.append(run_kind(record))
+    for key in SIZE_KEYS:
+        if comparable.get(key) is not None:
+            bits.append(f"{key} {comparable[key]}")
+            break
+    for key in ("input_len", "output_len"):
+        if comparable.get(key) is not None:
+            bits.append(f"{key} {comparable[key]}")
+    if machine:
+        hw = record.get("hardware") or {}
+        bits.append(f"{hw.get('gpu') or hw.get('cpu_model') or '?'} x{hw.get('cores', '?')} "
+                    f"{hw.get('device', '')}".strip())
+    bits.append(isa_of(record))
+    return sep.join(bits)
 
 
 def _short_sha(record: dict[str, Any]) -> str:
@@ -62,7 +115,8 @@ class Regression:
         drop: ``1 - latest / best`` (0.25 = 25% below).
         latest_sha / latest_date / best_sha / best_date: the runs (sha shortened, ``+`` = dirty tree).
         threshold: the threshold used.
-        comparable: the group's ``detail["comparable"]`` as canonical JSON.
+        comparable: the series' ``detail["comparable"]`` as canonical JSON.
+        series: the series' label (:func:`series_label`); ``series_key``: its key as JSON.
     """
 
     workload: str
@@ -78,18 +132,20 @@ class Regression:
     best_date: str
     threshold: float
     comparable: str = "{}"
+    series: str = ""
+    series_key: str = ""
 
     def message(self) -> str:
-        """``REGRESSION: workload X: latest N unit is Y% below the best earlier run (sha, date)``."""
+        """``REGRESSION: workload X: latest N unit is Y% below the best earlier run (sha, date) [series ...]``."""
         return (f"REGRESSION: workload {self.workload}: latest {fmt_number(self.latest)} {self.unit} is "
                 f"{self.drop * 100:.1f}% below the best earlier run ({fmt_number(self.best)} {self.unit}; "
                 f"{self.best_sha}, {self.best_date}) [threshold {self.threshold * 100:.0f}%; "
-                f"latest {self.latest_sha}, {self.latest_date}; hardware {self.hardware_key}]")
+                f"latest {self.latest_sha}, {self.latest_date}; series {self.series}; hardware {self.hardware_key}]")
 
 
 def regressions(history: Sequence[dict[str, Any]], threshold: float = 0.10,
                 workload: str | None = None) -> list[Regression]:
-    """Latest run vs the best earlier run of every comparable group (see the module docstring).
+    """Latest run vs the best earlier run of every series (see the module docstring).
 
     Args:
         history: history records in run order (:func:`instructmill.bench.history.load_history`).
@@ -97,7 +153,7 @@ def regressions(history: Sequence[dict[str, Any]], threshold: float = 0.10,
         workload: only this workload's groups.
 
     Returns:
-        one :class:`Regression` per flagged group, in the order the groups first appear.
+        one :class:`Regression` per flagged series, in the order the series first appear.
         Runs without a headline value (instructmill not run or failed) are ignored.
 
     Raises:
@@ -105,15 +161,16 @@ def regressions(history: Sequence[dict[str, Any]], threshold: float = 0.10,
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in history:
         if workload is not None and record.get("workload") != workload:
             continue
         if _value(record) is None:
             continue
-        groups.setdefault(group_key(record), []).append(record)
+        groups.setdefault(series_key(record), []).append(record)
     found = []
-    for (name, hw, comparable), runs in groups.items():
+    for key, runs in groups.items():
+        name, _kind, hw, _isa, comparable = key
         if len(runs) < 2:
             continue
         latest, earlier = runs[-1], runs[:-1]
@@ -126,17 +183,20 @@ def regressions(history: Sequence[dict[str, Any]], threshold: float = 0.10,
                 workload=name, hardware_key=hw, metric=str(latest.get("headline_metric")), unit=unit_of(latest),
                 latest=lv, best=bv, drop=1.0 - lv / bv, latest_sha=_short_sha(latest),
                 latest_date=str(latest.get("date")), best_sha=_short_sha(best), best_date=str(best.get("date")),
-                threshold=threshold, comparable=comparable))
+                threshold=threshold, comparable=comparable, series=series_label(latest),
+                series_key=json.dumps(key)))
     return found
 
 
 def latest_runs(history: Sequence[dict[str, Any]], workload: str | None = None) -> list[dict[str, Any]]:
-    """The latest record of each workload, in the order the workloads first appear."""
-    latest: dict[str, dict[str, Any]] = {}
+    """The latest record of each series (:func:`series_key`), grouped by workload in the order the
+    workloads first appear, the series of a workload in the order they first appear."""
+    latest: dict[tuple[str, ...], dict[str, Any]] = {}
     for record in history:
         if workload is None or record.get("workload") == workload:
-            latest[str(record.get("workload"))] = record
-    return list(latest.values())
+            latest[series_key(record)] = record
+    order = list(dict.fromkeys(key[0] for key in latest))
+    return sorted(latest.values(), key=lambda r: order.index(str(r.get("workload"))))
 
 
 # ------------------------------------------------------------------------------ tables
@@ -200,6 +260,7 @@ def _cells(row: dict[str, Any], record: dict[str, Any], run_info: bool, hw_colum
         cells += [str(record.get("date") or "-"), _short_sha(record)]
         if hw_column:
             cells.append(str((record.get("hardware") or {}).get("key", "-")))
+        cells.append(series_label(record, workload=False, machine=False, sep=", "))
     return cells
 
 
@@ -210,8 +271,9 @@ def format_table(records: Iterable[dict[str, Any]], fmt: str = "text", *, run_in
     """The engines of ``records`` (history records) as one table.
 
     Columns: workload | engine | figure | unit | ratio (instructmill / engine) | bleu | chrf |
-    peak RSS MB | busy, plus date and git sha when ``run_info`` (and a hardware column when the
-    records come from several machines; otherwise the machine is a caption line). Engine notes
+    peak RSS MB | busy, plus date, git sha and series (quick / full, size, CPU ISA level) when
+    ``run_info`` (and a hardware column when the records come from several machines; otherwise the
+    machine and, when all records share it, its ISA level are a caption line). Engine notes
     (extrapolated, subset...), failed ``detail["checks"]`` and ``detail["warnings"]`` are footnotes.
 
     Args:
@@ -224,7 +286,7 @@ def format_table(records: Iterable[dict[str, Any]], fmt: str = "text", *, run_in
     hw_column = run_info and len(hw_keys) > 1
     header = ["workload", "engine", "figure", "unit", "ratio", "bleu", "chrf", "peak RSS MB", "busy"]
     if run_info:
-        header += ["date", "sha"] + (["hardware"] if hw_column else [])
+        header += ["date", "sha"] + (["hardware"] if hw_column else []) + ["series"]
     body: list[list[str]] = []
     notes: list[str] = []
     for record in records:
@@ -242,7 +304,12 @@ def format_table(records: Iterable[dict[str, Any]], fmt: str = "text", *, run_in
             notes.append(f"WARNING: {record.get('workload')}: {warning}")
     lines: list[str] = []
     if run_info and not hw_column and hw_keys:
-        lines.append(f"Hardware: `{hw_keys[0]}`\n" if fmt == "markdown" else f"hardware: {hw_keys[0]}")
+        isas = list(dict.fromkeys(isa_of(r) for r in records))
+        flags = f"CPU flags: {isas[0]}" if len(isas) == 1 else ""
+        if fmt == "markdown":
+            lines.append(f"Hardware: `{hw_keys[0]}`" + (f", {flags}" if flags else "") + "\n")
+        else:
+            lines.append(f"hardware: {hw_keys[0]}" + (f"; {flags}" if flags else ""))
     if fmt == "markdown":
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| " + " | ".join("---:" if h in ("figure", "ratio", "bleu", "chrf", "peak RSS MB", "busy")
@@ -301,23 +368,12 @@ def _engine_value(run: dict[str, Any], engine: str) -> float | None:
 
 
 def _group_title(runs: Sequence[dict[str, Any]]) -> str:
-    last = runs[-1]
-    comparable = (last.get("detail") or {}).get("comparable") or {}
-    bits = [str(last.get("workload"))]
-    if comparable.get("quick"):
-        bits.append("quick")
-    for key in ("requests", "rows", "candidates", "sentences", "num_prompts", "records"):
-        if key in comparable:
-            bits.append(f"{key} {comparable[key]}")
-            break
-    hw = last.get("hardware") or {}
-    bits.append(f"{hw.get('gpu') or hw.get('cpu_model') or '?'} x{hw.get('cores', '?')} {hw.get('device', '')}".strip())
-    return " | ".join(bits)
+    return series_label(runs[-1])
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: str | Path, *, threshold: float = 0.10,
                  workload: str | None = None, max_panels: int = 12) -> Path:
-    """Write a PNG: one panel per comparable group (workload x hardware x comparable facts), the
+    """Write a PNG: one panel per series (:func:`series_key`, titled by :func:`series_label`), the
     headline metric over that group's runs (x: run order, labelled short sha + date), instructmill
     solid, each baseline dashed, flagged latest runs marked with a red cross.
 
@@ -332,15 +388,15 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path, *, thresho
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    last_seen: dict[tuple[str, str, str], int] = {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    last_seen: dict[tuple[str, ...], int] = {}
     for i, record in enumerate(history):
         if workload is not None and record.get("workload") != workload:
             continue
         if _value(record) is None and not any(_engine_value(record, str(r.get("engine")))
                                               for r in record.get("results") or []):
             continue
-        key = group_key(record)
+        key = series_key(record)
         groups.setdefault(key, []).append(record)
         last_seen[key] = i
     if not groups:
@@ -350,7 +406,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path, *, thresho
 
     order = list(WORKLOADS)
     keys.sort(key=lambda k: (order.index(k[0]) if k[0] in order else len(order), -last_seen[k]))
-    flagged = {(r.workload, r.hardware_key, r.comparable): r for r in regressions(history, threshold, workload)}
+    flagged = {tuple(json.loads(r.series_key)): r for r in regressions(history, threshold, workload)}
 
     n = len(keys)
     cols = 1 if n == 1 else 2

@@ -48,7 +48,15 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="instructmill")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def cli(verbose: int) -> None:
-    """Build instruction-tuning data in bulk: templates, back-translation, conversion."""
+    """Build instruction-tuning data in bulk: fill templates (template), paraphrase by
+    back-translation (backtranslate), generate with an LLM (self-instruct, humpback, evolve; respond
+    in pipelines), chain these in pipeline files (generate, locally or on Ray), prepare models
+    (convert, models) and measure speed against baselines (bench).
+
+    LLM commands run vLLM when installed, else CTranslate2 (--backend). instructmill sends no
+    telemetry: the network is used only to download a model you name by hub id, and to reach the
+    Ray cluster you name.
+    """
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import typing
 from typing import Any, Callable
 
@@ -16,9 +17,49 @@ from ..errors import InstructmillError
 
 
 def _field_help(cls: type, name: str) -> str:
-    doc = cls.__doc__ or ""
-    m = re.search(rf"^\s+(?:[\w\s/,]*\b{name}\b[\w\s/,]*):\s*(.+?)(?=^\s+\w[\w\s/,]*:|\Z)", doc, re.M | re.S)
-    return " ".join(m.group(1).split()) if m else ""
+    """The help of field ``name``: its entry in ``cls``'s docstring, as plain text (:func:`plain_text`)."""
+    lines = (cls.__doc__ or "").splitlines()
+    key = re.compile(rf"^(?P<indent>\s+)[\w /,]*\b{name}\b[\w /,]*:\s*(?P<text>.*)$")
+    for i, line in enumerate(lines):
+        m = key.match(line)
+        if m is None:
+            continue
+        parts, indent = [m.group("text")], len(m.group("indent"))
+        for more in lines[i + 1:]:  # continuation lines are indented deeper than the entry
+            if not more.strip() or len(more) - len(more.lstrip()) <= indent:
+                break
+            parts.append(more.strip())
+        return plain_text(" ".join(" ".join(parts).split()), sys.modules.get(cls.__module__))
+    return ""
+
+
+_ROLE = re.compile(r"(?P<one_of>one of )?:(?P<role>data|class|func|meth|mod|attr|obj|exc):`~?(?P<target>[^`]+)`")
+_LITERAL = re.compile(r"``(?P<text>.+?)``")
+
+
+def plain_text(text: str, module: Any = None) -> str:
+    """Docstring text without reStructuredText / Sphinx markup, for ``--help``.
+
+    ````"cpu"```` and ````x```` become ``cpu`` and ``x``; ``:class:`~a.b.C``` becomes ``C``,
+    ``:func:`f``` / ``:meth:`...m``` become ``f()`` / ``m()``; ``:data:`NAME``` becomes the allowed
+    values when ``NAME`` is a tuple / list / set of strings in ``module`` (``one of: int8,
+    int8_float32, ...``), else ``NAME``.
+    """
+
+    def role(m: re.Match[str]) -> str:
+        target = m.group("target").split(".")[-1]
+        if m.group("role") == "data" and module is not None:
+            values = getattr(module, target, None)
+            if isinstance(values, (tuple, list, set, frozenset)) and values and all(isinstance(v, str) for v in values):
+                return "one of: " + ", ".join(values)
+        prefix = m.group("one_of") or ""
+        return prefix + (target + "()" if m.group("role") in ("func", "meth") else target)
+
+    def literal(m: re.Match[str]) -> str:
+        inner = m.group("text")
+        return inner[1:-1] if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "\"'" else inner
+
+    return _LITERAL.sub(literal, _ROLE.sub(role, text))
 
 
 def _click_type(annotation: Any, default: Any):

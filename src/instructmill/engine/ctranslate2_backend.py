@@ -48,16 +48,24 @@ class CTranslate2Options:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when a GPU is visible).
         device_index: GPU index.
         compute_type: one of :data:`COMPUTE_TYPES`; ``"auto"`` = int8 on CPU, int8_float16 on CUDA.
-        inter_threads: batches translated in parallel (replicas); default: CPU cores (1 on CUDA).
-        intra_threads: threads per batch; default 1 on CPU.
+        inter_threads: batches translated in parallel (replicas, each with its own threads);
+            default: CPU cores (1 on CUDA). CPU threads used = inter_threads x intra_threads. (LLM
+            engines run one replica and take a single ``threads`` count instead.)
+        intra_threads: threads inside each replica, working on one batch; default 1 on CPU.
         beam_size: default: the model's ``num_beams`` from its manifest.
-        length_penalty, repetition_penalty, no_repeat_ngram_size: decoding, as in CTranslate2.
+        length_penalty: beam search: exponent of the length normalisation of a hypothesis' score
+            (CTranslate2's; default: CTranslate2's 1).
+        repetition_penalty: > 1 penalizes tokens already generated (CTranslate2's; 1 = off).
+        no_repeat_ngram_size: forbid repeating any n-gram of this many tokens (0 = off).
         max_decoding_length: hard cap on target tokens; default: the model's ``max_length``.
         decoding_length_ratio: per batch, target tokens are capped at
             ``ratio * longest source + 10`` (below the hard cap) so a looping output stops early.
         min_decoding_length: at least this many target tokens (benchmarks fix the length).
-        sampling_topk / sampling_temperature: 1 / 1.0 = greedy or beam search; larger top-k samples
-            (Edunov et al., 2018 "Understanding Back-Translation at Scale").
+        sampling_topk: 1 = greedy or beam search; k > 1 samples from the k most likely tokens (0:
+            from all), which gives more varied back-translations (Edunov et al., 2018
+            "Understanding Back-Translation at Scale").
+        sampling_temperature: divides the logits before sampling (used only when sampling_topk is
+            not 1): > 1.0 flatter, < 1.0 sharper.
     """
 
     device: str = "cpu"

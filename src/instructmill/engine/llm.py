@@ -130,7 +130,9 @@ class LLMEngineOptions:
             SmolLM2-135M into repetition, measured).
         enforce_eager: vLLM without torch.compile / CUDA graphs; ``None`` = eager on CPU (engine
             start ~20 s instead of ~40 s, measured), compiled on GPU.
-        threads: CPU threads for CTranslate2 / transformers (``None`` = all cores).
+        threads: CPU threads of the CTranslate2 / transformers engine (``None`` = all cores). An
+            LLM engine is one replica, so one count; translation engines split theirs into
+            ``inter_threads`` replicas x ``intra_threads`` each.
         base_url: an OpenAI-compatible server's URL, e.g. ``http://127.0.0.1:8000/v1`` (backend
             ``openai``).
         api_key_env: the environment variable holding the server's API key (``openai``; none is
@@ -325,6 +327,8 @@ class LLMBackend(ABC):
         ``params``: one :class:`SamplingOptions` for all prompts, or a list paired with ``prompts``.
 
         Raises:
+            ArgumentTypeError: (a ``TypeError``) ``prompts`` is one string -- wrap it in a list -- or
+                one prompt is a bare message dict or token id (wrap the conversation / ids in a list).
             OptionError: a params list whose length differs from the prompts'.
         """
         return list(self.generate_iter(prompts, params))
@@ -332,7 +336,19 @@ class LLMBackend(ABC):
     def generate_iter(self, prompts: Iterable[Prompt],
                       params: SamplingOptions | Sequence[SamplingOptions] | None = None
                       ) -> Iterator[GenerationResult]:
-        """Like :meth:`generate`, streaming: prompts are consumed and results yielded chunk by chunk."""
+        """Like :meth:`generate`, streaming: prompts are consumed and results yielded chunk by chunk.
+
+        ``prompts`` is checked at call time (one string is refused); the prompts themselves as
+        they are read.
+        """
+        from ..arguments import items
+
+        return self._generate_iter(prompts, items(prompts, name="prompts", of="prompts"), params)
+
+    def _generate_iter(self, prompts: Iterable[Prompt], iterator: Iterator[Prompt],
+                       params: SamplingOptions | Sequence[SamplingOptions] | None) -> Iterator[GenerationResult]:
+        from ..arguments import ArgumentTypeError
+
         params = params if params is not None else SamplingOptions()
         if not isinstance(params, SamplingOptions):
             params = list(params)
@@ -341,7 +357,11 @@ class LLMBackend(ABC):
                                   "give one SamplingOptions, or one per prompt")
         chunk_size = self.options.chunk_size or 4 * self.options.max_num_seqs
         chunk: list[tuple[int, Prompt, SamplingOptions]] = []
-        for index, prompt in enumerate(prompts):
+        for index, prompt in enumerate(iterator):
+            if isinstance(prompt, (dict, int)):
+                what = "a chat message" if isinstance(prompt, dict) else "a token id"
+                raise ArgumentTypeError(f"prompts[{index}] is {what}, not a prompt: a conversation is a list of "
+                                        "messages and token ids are a list of ints, so pass [messages] / [ids]")
             chunk.append((index, prompt, params if isinstance(params, SamplingOptions) else params[index]))
             if len(chunk) >= chunk_size:
                 yield from self._run_chunk(chunk)

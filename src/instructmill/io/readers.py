@@ -62,6 +62,7 @@ __all__ = [
     "detect_format",
     "detect_shape",
     "read_records",
+    "record_from_dict",
     "require_regular_file",
     "to_example",
 ]
@@ -297,6 +298,18 @@ def _report(err: ReadError, name: str, strict: bool,
         log.warning("%s, line %d: %s (skipped)", name, err.line, err.error)
     else:
         on_error(err)
+
+
+def record_from_dict(fields: dict[str, Any], line: int, *, id_field: str = "id",
+                     source: str | None = None) -> InputRecord:
+    """The :class:`InputRecord` that :func:`read_records` makes of the row ``fields`` at ``line``.
+
+    Same id rule (the ``id_field`` value, else :func:`content_id`) and shape detection as a file
+    row; ``fields`` is copied (shallowly), so later changes to the caller's dict do not leak in.
+    """
+    row = dict(fields)
+    return InputRecord(id=_record_id(row, line, id_field), line=line, fields=row,
+                       shape=detect_shape(row), source=source)
 
 
 def _record_id(fields: dict[str, Any], line: int, id_field: str, size: int = 0) -> str:

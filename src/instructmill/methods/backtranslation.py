@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
+from ..arguments import input_records as as_input_records
+from ..arguments import texts as as_texts
 from ..engine.chain import translate_chain
 from ..engine.scheduler import BatchingOptions
 from ..engine.translation import TranslationBackend
@@ -136,12 +138,21 @@ class BackTranslator:
         self.seconds = 0.0
 
     # ----------------------------------------------------------------- texts
-    def paraphrase(self, texts: Sequence[str], *, pivot: str | None = None) -> list[Paraphrase]:
+    def paraphrase(self, texts: Iterable[str], *, pivot: str | None = None) -> list[Paraphrase]:
         """Round-trip ``texts`` through ``pivot`` (default: the only configured pivot).
+
+        ``texts``: any iterable of strings (a list, a tuple, a generator: read once, whole, since
+        all its segments are batched together).
 
         Returns one :class:`Paraphrase` per text, in input order. Empty, whitespace-only and
         punctuation-only texts come back unchanged (status ``"ok"``) without a model call.
+
+        Raises:
+            ArgumentTypeError: (a ``TypeError``) ``texts`` is one string -- wrap it in a list -- or
+                holds an item that is not a string.
+            OptionError: ``pivot`` is not configured, or is missing while several are.
         """
+        texts = as_texts(texts)
         if pivot is None:
             if len(self.options.pivots) != 1:
                 raise OptionError("pivot", pivot, f"several pivots configured {self.options.pivots}: name one")
@@ -214,12 +225,24 @@ class BackTranslator:
                 out[key] = forward.settings()[key]
         return out
 
-    def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
+    def process(self, records: Iterable[InputRecord | dict[str, Any]]) -> Iterator[OutputRecord]:
         """Paraphrase the chosen fields of every record; yields OutputRecords in input order.
+
+        ``records``: any iterable (streamed ``chunk_size`` records at a time) of
+        :class:`~instructmill.records.InputRecord` or plain dicts such as
+        ``{"instruction": ..., "output": ...}`` (converted as a file row would be: their ``id``, else
+        ``"L{position}-{hash8}"``; see :func:`instructmill.arguments.input_records`).
 
         A record whose shape has no usable example (e.g. ``instruction`` not a string) yields a
         record with ``status: "invalid_record"`` and the error in ``extra``; nothing is dropped.
+
+        Raises:
+            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
+                (while iterating) an item is neither an InputRecord nor a dict.
         """
+        return self._process(as_input_records(records))
+
+    def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
         # chunks sized by time (at most chunk_size): finished records reach the output every few seconds
         for chunk in self._sizer.chunks(records):
             yield from self._process_chunk(chunk)

@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
+from ..arguments import input_records
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
@@ -218,10 +219,21 @@ class Evolver:
             return render("evol_breadth", instruction=instruction)
         return render("evol_depth", method=self._methods[operation], instruction=instruction)
 
-    def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
+    def process(self, records: Iterable[InputRecord | dict[str, Any]]) -> Iterator[OutputRecord]:
         """Evolve every record ``rounds`` times; yields ``rounds`` OutputRecords per input record
         (ids ``<id>:evol<t>``), record by record in input order. A record without a usable
-        instruction yields ``invalid_record`` records."""
+        instruction yields ``invalid_record`` records.
+
+        ``records``: any iterable (streamed) of InputRecord or plain dicts of fields (converted
+        as a file row would be; see :func:`instructmill.arguments.input_records`).
+
+        Raises:
+            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
+                (while iterating) an item is neither an InputRecord nor a dict.
+        """
+        return self._process(input_records(records))
+
+    def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
         for chunk in chunked(records, self.options.records_per_batch):
             yield from self._chunk(chunk)
 

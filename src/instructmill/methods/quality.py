@@ -31,7 +31,8 @@ class QualityOptions:
     """Thresholds of the paraphrase checks.
 
     Attributes:
-        min_length_ratio / max_length_ratio: allowed ``len(output) / len(source)`` in characters.
+        min_length_ratio: lowest allowed ``len(output) / len(source)``, in characters.
+        max_length_ratio: highest allowed ``len(output) / len(source)``, in characters.
         short_source_chars: sources shorter than this use the wider ``short_*`` ratios
             (one word more or less is a big ratio on a short text).
         max_repeats: an n-gram (n = 1..4) repeated consecutively this many times, more often than

@@ -27,6 +27,7 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator
 
+from ..arguments import input_records
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
@@ -113,8 +114,19 @@ class Responder:
         out.append({"role": "user", "content": user_turn})
         return out
 
-    def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        """Answer every record; yields one OutputRecord per input, in input order."""
+    def process(self, records: Iterable[InputRecord | dict[str, Any]]) -> Iterator[OutputRecord]:
+        """Answer every record; yields one OutputRecord per input, in input order.
+
+        ``records``: any iterable (streamed) of InputRecord or plain dicts of fields (converted
+        as a file row would be; see :func:`instructmill.arguments.input_records`).
+
+        Raises:
+            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
+                (while iterating) an item is neither an InputRecord nor a dict.
+        """
+        return self._process(input_records(records))
+
+    def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
         for chunk in chunked(records, self.options.records_per_batch):
             yield from self._chunk(chunk)
 

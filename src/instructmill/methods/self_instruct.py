@@ -51,6 +51,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..arguments import ArgumentTypeError, items
 from ..engine.llm import STATUS_OK as LLM_OK, GenerationResult, LLMBackend, SamplingOptions
 from ..errors import OptionError
 from ..records import STATUS_OK, Example, OutputRecord
@@ -89,7 +90,8 @@ class SelfInstructOptions:
         max_tasks_per_sample: new tasks a sample may write before it is stopped.
         prompts_per_round: prompts per round (each sampled ``sampling.n`` times).
         max_rounds: stop after this many rounds even if fewer instructions were kept.
-        min_words, max_words: instruction length bounds in words (whitespace-separated), inclusive.
+        min_words: fewest words an instruction may have (whitespace-separated, inclusive).
+        max_words: most words an instruction may have (whitespace-separated, inclusive).
         blacklist: keywords (whole words or phrases, case-insensitive) that discard an instruction.
         reject_write_a_program: discard instructions starting with "Write a program" (the paper).
         ascii_start: discard instructions whose first character is not ASCII (the paper; turn
@@ -340,7 +342,7 @@ class SelfInstruct:
         return own + tuple(s for s in self.options.sampling.stop if s not in own)
 
     # ------------------------------------------------------------------------- run
-    def run(self, seed_tasks: Sequence[Example | str], num_instructions: int, *,
+    def run(self, seed_tasks: Iterable[Example | str], num_instructions: int, *,
             done: Iterable[dict[str, Any]] = ()) -> Iterator[list[OutputRecord]]:
         """Generate until ``num_instructions`` records are kept with outputs; yields each
         round's records (kept and discarded, one per generated item or failed sample).
@@ -356,9 +358,19 @@ class SelfInstruct:
                 only its missing records are yielded); no id is produced twice.
 
         Raises:
+            ArgumentTypeError: (a ``TypeError``, at call time) ``seed_tasks`` is one string, or
+                an item is neither an Example nor a string.
             OptionError: no seed tasks, or ``num_instructions < 1``.
         """
-        seeds = [ex if isinstance(ex, Example) else Example(instruction=str(ex)) for ex in seed_tasks]
+        seeds = []
+        for index, ex in enumerate(items(seed_tasks, name="seed_tasks", of="Examples or strings")):
+            if not isinstance(ex, (Example, str)):
+                raise ArgumentTypeError(f"seed_tasks[{index}] is {type(ex).__name__}, not an Example or a str")
+            seeds.append(ex if isinstance(ex, Example) else Example(instruction=ex))
+        return self._run(seeds, num_instructions, done)
+
+    def _run(self, seeds: list[Example], num_instructions: int,
+             done: Iterable[dict[str, Any]]) -> Iterator[list[OutputRecord]]:
         seeds = [ex for ex in seeds if ex.instruction.strip()]
         if not seeds:
             raise OptionError("seed_tasks", len(seeds), "need at least one seed task with an instruction")

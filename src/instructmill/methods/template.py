@@ -51,6 +51,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
+from instructmill.arguments import input_records
 from instructmill.errors import OptionError, TemplateError
 from instructmill.methods.template_sandbox import (MAX_RENDER_CHARS, MAX_RENDER_SECONDS,
                                                    LimitedSandbox, RenderLimitError,
@@ -570,9 +571,14 @@ class TemplateFiller:
             settings=dict(self.settings),
         )
 
-    def fill(self, records: Iterable[InputRecord], *, strict: bool = False
+    def fill(self, records: Iterable[InputRecord | dict[str, Any]], *, strict: bool = False
              ) -> Iterator[OutputRecord]:
         """Render every record, lazily and in order; one output per input.
+
+        ``records``: any iterable (a generator is streamed) of
+        :class:`~instructmill.records.InputRecord` or plain dicts of fields, e.g.
+        ``[{"text": "Hello", "tgt": "German"}]`` (converted as a file row would be: their ``id``,
+        else ``"L{position}-{hash8}"``; see :func:`instructmill.arguments.input_records`).
 
         A row that cannot be rendered yields an ``OutputRecord`` with status
         ``"template_error"``, an empty example, the same id, and
@@ -580,9 +586,14 @@ class TemplateFiller:
         its :class:`~instructmill.errors.TemplateError` is raised instead.
 
         Raises:
+            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
+                (while iterating) an item is neither an InputRecord nor a dict.
             TemplateError: only when ``strict``.
             UnsafeTemplateError: always (the template, not the row, is at fault).
         """
+        return self._fill(input_records(records), strict)
+
+    def _fill(self, records: Iterable[InputRecord], strict: bool) -> Iterator[OutputRecord]:
         for record in records:
             try:
                 yield self.render(record)
