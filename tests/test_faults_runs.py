@@ -305,3 +305,19 @@ def test_pipeline_source_truncated_gzip_keeps_everything_read(tmp_path):
     except EOFError:
         pass
     assert len(ids) == len(set(ids)) and len(ids) >= read_lines - 1 and len(ids) > 64
+
+
+def test_writer_streams_huge_records_byte_identical(tmp_path):
+    from instructmill.io.writers import STREAM_CHARS, JsonlWriter, dumps_line
+
+    small = {"id": "s", "text": "short"}
+    huge = {"id": "h", "text": "a\tb\"c\\é😀" * (STREAM_CHARS // 6), "extra": {"n": [1, None, 2.5]}}
+    odd = {"id": "o", "text": "x\udc80y" * (STREAM_CHARS // 3)}  # a lone surrogate: escaped, reads back the same
+    path = tmp_path / "o.jsonl"
+    with JsonlWriter(path) as writer:
+        assert writer.write_many([small, huge, small, odd]) == 4
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    assert lines[0] == lines[2] == dumps_line(small)
+    assert lines[1] == dumps_line(huge)  # streamed, byte for byte what json.dumps writes
+    assert json.loads(lines[1]) == huge and json.loads(lines[3]) == odd
