@@ -108,6 +108,22 @@ def test_map_template_filler_adds_example_columns():
     assert mapped[0]["instruction"] == "Summarize: A long story."
 
 
+def test_map_function_fingerprint_follows_the_settings_and_stays_in_this_process():
+    import pickle
+
+    from datasets.fingerprint import Hasher
+
+    from instructmill.errors import InstructmillError
+    from instructmill.methods.template import Template, TemplateFiller
+
+    def fn(instruction):
+        return as_map_function(TemplateFiller(Template(name="t", instruction=instruction)))
+
+    assert Hasher.hash(fn("A {{ x }}")) == Hasher.hash(fn("A {{ x }}")) != Hasher.hash(fn("B {{ x }}"))
+    with pytest.raises(InstructmillError, match="num_proc=1"):
+        pickle.loads(pickle.dumps(fn("A {{ x }}")))
+
+
 def test_map_several_outputs_per_row_repeat_the_other_columns():
     class TwoEach:  # a method with two outputs per input (as back-translation through two pivots)
         method = "two"

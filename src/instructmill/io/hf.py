@@ -25,7 +25,7 @@ from instructmill.io.readers import ReadError, _record_id, detect_shape
 from instructmill.io.writers import example_fields, format_record
 from instructmill.records import InputRecord, OutputRecord
 
-__all__ = ["as_map_function", "records_from_dataset", "require_datasets", "to_dataset"]
+__all__ = ["MapFunction", "as_map_function", "records_from_dataset", "require_datasets", "to_dataset"]
 
 #: Where dataset rows come from, in messages and ``InputRecord.source``.
 DATASET_SOURCE = "<dataset>"
@@ -141,7 +141,7 @@ def _run_method(method: Any, records: list[InputRecord]) -> list[OutputRecord]:
 
 
 def as_map_function(method: Any, *, fmt: str | None = None, id_field: str = "id", keep_original: bool = False
-                    ) -> Callable[..., dict[str, list[Any]]]:
+                    ) -> MapFunction:
     """``method`` as a function for ``Dataset.map(fn, batched=True)`` (also ``IterableDataset``).
 
     The function takes a batch (column -> list of values, and optionally the rows' indices when
@@ -170,10 +170,47 @@ def as_map_function(method: Any, *, fmt: str | None = None, id_field: str = "id"
         keep_original: also return the input values of the replaced columns.
 
     Raises:
-        InstructmillError: (when called) ``method`` has no way to process records.
+        InstructmillError: (when called) ``method`` has no way to process records; (in a worker
+            process) the map was called with ``num_proc`` > 1 (the models cannot move there).
+    """
+    return MapFunction(method, fmt=fmt, id_field=id_field, keep_original=keep_original)
+
+
+#: Everything that decides a method's output, for the methods whose results a map cache may reuse
+#: (method name -> description). Back-translation's settings name the models, decoding and quality
+#: options; a template's settings hold only its name, so its sources go in too.
+_IDENTITIES: dict[str, Callable[[Any], Any]] = {
+    "backtranslation": lambda m: m.settings(),
+    "template": lambda m: {"sources": m.template.sources(), "variables": m.variables},
+}
+
+
+class MapFunction:
+    """The callable :func:`as_map_function` returns (see there).
+
+    ``datasets`` fingerprints a map's function by pickling it; this one pickles as what decides
+    the method's output (:data:`_IDENTITIES`: back-translation's settings, a template's sources)
+    plus the map's own options, so an equal method over the same dataset may reuse a cached
+    result (any other method: never). It cannot run in another
+    process (its models stay in this one): unpickling raises :class:`InstructmillError` (use
+    ``num_proc=1``; the engines use every core themselves).
     """
 
-    def apply(batch: dict[str, list[Any]], indices: list[int] | None = None) -> dict[str, list[Any]]:
+    def __init__(self, method: Any, *, fmt: str | None, id_field: str, keep_original: bool):
+        self.method, self.fmt, self.id_field, self.keep_original = method, fmt, id_field, keep_original
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        describe = _IDENTITIES.get(getattr(self.method, "method", ""))
+        if describe is None:  # no known complete description: never equal to another instance
+            identity = f"{type(self.method).__qualname__}@{id(self)}"
+        else:
+            identity = json.dumps([describe(self.method), self.fmt, self.id_field, self.keep_original],
+                                  sort_keys=True, default=str)
+        return _not_in_another_process, (identity,)
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int] | None = None) -> dict[str, list[Any]]:
+        """One batch in (column -> values), the mapped batch out (see :func:`as_map_function`)."""
+        id_field, keep_original = self.id_field, self.keep_original
         columns = list(batch)
         size = len(batch[columns[0]]) if columns else 0
         rows = [{c: batch[c][i] for c in columns} for i in range(size)]
@@ -182,9 +219,10 @@ def as_map_function(method: Any, *, fmt: str | None = None, id_field: str = "id"
             number = (indices[i] + 1) if indices is not None else i + 1
             records.append(InputRecord(id=_record_id(row, number, id_field), line=number, fields=row,
                                        shape=detect_shape(row), source=DATASET_SOURCE))
-        outputs = _run_method(method, records)
-        by_input = _group(records, outputs, method)
-        shape = fmt or (records[0].shape if records and records[0].shape in ("sharegpt", "openai") else "alpaca")
+        outputs = _run_method(self.method, records)
+        by_input = _group(records, outputs, self.method)
+        shape = self.fmt or (records[0].shape if records and records[0].shape in ("sharegpt", "openai")
+                             else "alpaca")
         out: dict[str, list[Any]] = {c: [] for c in columns}
         example_columns: list[str] = []
         for record, produced in zip(records, by_input):
@@ -212,7 +250,10 @@ def as_map_function(method: Any, *, fmt: str | None = None, id_field: str = "id"
                 out["status"].append(rec.status)
         return out
 
-    return apply
+
+def _not_in_another_process(identity: str) -> MapFunction:
+    raise InstructmillError("an instructmill map function cannot run in another process (its models live in "
+                            "this one): call Dataset.map with num_proc=1")
 
 
 def _group(records: list[InputRecord], outputs: list[OutputRecord], method: Any) -> list[list[OutputRecord]]:
