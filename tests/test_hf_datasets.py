@@ -286,3 +286,12 @@ def test_push_to_hub_unreachable_is_one_line_and_keeps_the_data(tmp_path):
     assert "Traceback" not in proc.stderr
     assert len(_lines(tmp_path / "out/data.jsonl")) == len(ROWS)
     assert pq.read_metadata(tmp_path / "out/data.parquet").num_rows == len(ROWS)
+
+
+def test_push_to_hub_bad_repo_id_is_refused_before_the_run(tmp_path):
+    _jsonl(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"sources": {"rows": {"path": "in.jsonl"}},
+                                                     "stages": [{"method": "filter"}], "sinks": ["out/d.jsonl"]}))
+    result = CliRunner().invoke(cli, ["generate", str(tmp_path / "p.yaml"), "--push-to-hub", "not a/repo id"])
+    assert result.exit_code == 2 and "--push-to-hub" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -74,6 +74,13 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise click.BadParameter(f"{item!r}: the value is not valid YAML ({exc})", param_hint="--set") from None
+    if push_to_hub:  # a typo must not wait for the end of a long run
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(push_to_hub)
+        except HFValidationError as exc:
+            raise click.BadParameter(f"{push_to_hub!r}: {exc}", param_hint="--push-to-hub") from None
     pipe = Pipeline.from_file(pipeline, overrides=overrides)
     spec = pipe.spec
     if check:

@@ -82,6 +82,9 @@ class Pipeline:
             executor: str = "local", ray: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Run to the end and return the report (see :mod:`instructmill.pipeline.report`).
 
+        Then sinks with an ``export`` are converted to Parquet / Arrow and every sink gets its
+        dataset card (:mod:`~instructmill.pipeline.publish`; ``report["cards"]``).
+
         Args:
             resume: continue an interrupted run (same pipeline, inputs and executor).
             overwrite: delete an earlier run's outputs and state first.

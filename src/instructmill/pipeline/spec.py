@@ -15,7 +15,7 @@ A pipeline file has five top-level keys::
       - {method: back-translate, engine: enpt, fields: [instruction, output]}
       - {method: dedup, threshold: 0.8}
     sinks:               # output files; `input` defaults to the last stage
-      - {path: ../out/data.jsonl, format: alpaca}
+      - {path: ../out/data.jsonl, format: alpaca}   # or data.parquet / data.arrow (converted at the end)
 
 Engine keys are the fields of :class:`~instructmill.engine.llm.LLMEngineOptions` (``type: llm``)
 or of :class:`~instructmill.engine.ctranslate2_backend.CTranslate2Options` and
