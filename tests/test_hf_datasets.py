@@ -53,6 +53,11 @@ def test_records_from_dataset_ids_match_a_jsonl_file(tmp_path, kind):
     assert [g[0] for g in got][0] == "a1" and got[1][0].startswith("L2-") and got[2][0].startswith("L3-")
 
 
+def test_records_from_dataset_wants_one_split():
+    with pytest.raises(OptionError, match="pass one split, e.g. ds\\['train'\\]"):
+        records_from_dataset(datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}))
+
+
 def test_records_from_dataset_streams_and_reports_duplicates():
     produced = []
 
@@ -208,6 +213,21 @@ def test_pipeline_reads_a_saved_dataset_arrow_file(tmp_path):
     assert ids == [r.id for r in records_from_dataset(ROWS) if r.fields["output"]]
     with pa.memory_map(str(tmp_path / "out/data.arrow")) as source:
         assert pa.ipc.open_file(source).read_all().column("id").to_pylist() == ids
+
+
+def test_export_added_on_resume_keeps_the_written_records(tmp_path):
+    _jsonl(tmp_path / "in.jsonl", ROWS)
+    spec = {"sources": {"rows": {"path": "in.jsonl"}}, "stages": [{"method": "filter"}],
+            "sinks": [{"path": "out/d.jsonl"}]}
+    Pipeline(spec, base_dir=tmp_path).run()
+    before = (tmp_path / "out/d.jsonl").read_bytes()
+    spec["sinks"] = [{"path": "out/d.jsonl", "export": "tables/d.arrow"}]
+    report = Pipeline(spec, base_dir=tmp_path).run(resume=True)  # the export is not part of the fingerprint
+    assert report["sinks"]["d"]["already_written"] == len(ROWS)
+    assert (tmp_path / "out/d.jsonl").read_bytes() == before
+    with pa.memory_map(str(tmp_path / "tables/d.arrow")) as source:
+        rows = pa.ipc.open_file(source).read_all().to_pylist()
+    assert rows == to_dataset(tmp_path / "out/d.jsonl").to_list()
 
 
 def test_sink_format_parquet_is_a_clear_error(tmp_path):

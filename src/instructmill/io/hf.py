@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from instructmill.errors import InstructmillError, RecordError
+from instructmill.errors import InstructmillError, OptionError, RecordError
 from instructmill.io.idset import IdSet
 from instructmill.io.readers import ReadError, _record_id, detect_shape
 from instructmill.io.writers import example_fields, format_record
@@ -59,10 +59,18 @@ def records_from_dataset(ds: Iterable[dict[str, Any]], *, id_field: str = "id", 
             row is skipped); without it a warning is logged.
 
     Raises:
+        OptionError: ``ds`` is a ``DatasetDict`` (or another mapping): name a split.
         RecordError: with ``strict=True``, the first bad row (naming it).
     """
     from instructmill.io.readers import _report
 
+    if isinstance(ds, Mapping):
+        raise OptionError("dataset", type(ds).__name__, f"pass one split, e.g. ds[{next(iter(ds), 'train')!r}]")
+    return _dataset_records(ds, id_field, strict, on_error, _report)
+
+
+def _dataset_records(ds: Iterable[dict[str, Any]], id_field: str, strict: bool,
+                     on_error: Callable[[ReadError], None] | None, _report: Any) -> Iterator[InputRecord]:
     seen = IdSet()
     source = DATASET_SOURCE
     for row_no, row in enumerate(ds, start=1):
