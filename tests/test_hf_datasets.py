@@ -315,3 +315,12 @@ def test_push_to_hub_bad_repo_id_is_refused_before_the_run(tmp_path):
     result = CliRunner().invoke(cli, ["generate", str(tmp_path / "p.yaml"), "--push-to-hub", "not a/repo id"])
     assert result.exit_code == 2 and "--push-to-hub" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_without_datasets_one_line_says_how_to_install(monkeypatch):
+    from instructmill.errors import InstructmillError
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now raises ImportError
+    with pytest.raises(InstructmillError) as info:
+        to_dataset(_records())
+    assert str(info.value) == "Hugging Face datasets is not installed: pip install 'instructmill[datasets]'"

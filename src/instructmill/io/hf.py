@@ -40,7 +40,8 @@ def require_datasets() -> Any:
     try:
         import datasets
     except ImportError:
-        raise InstructmillError("Hugging Face datasets is not installed: pip install 'instructmill[datasets]'") from None
+        raise InstructmillError("Hugging Face datasets is not installed: "
+                                "pip install 'instructmill[datasets]'") from None
     return datasets
 
 
