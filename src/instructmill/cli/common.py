@@ -14,6 +14,10 @@ from ..records import OutputRecord
 from ..progress import Heartbeat
 
 
+#: ``--input-format`` choices (:data:`instructmill.io.readers.READ_FORMATS` less the ndjson alias).
+INPUT_FORMATS = ["jsonl", "json", "csv", "tsv", "parquet", "arrow"]
+
+
 def io_options(func: Callable) -> Callable:
     """INPUT argument and the output / resume flags of every record-processing command."""
     decorators = [
@@ -22,7 +26,7 @@ def io_options(func: Callable) -> Callable:
                      help="Output JSONL (ok records). Beside it: .discards.jsonl, .errors.jsonl, .run.json."),
         click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt", "openai"]), default="alpaca",
                      show_default=True, help="Output record format."),
-        click.option("--input-format", type=click.Choice(["jsonl", "json", "csv", "tsv"]), default=None,
+        click.option("--input-format", type=click.Choice(INPUT_FORMATS), default=None,
                      help="Input format (default: from the file extension)."),
         click.option("--id-field", default="id", show_default=True,
                      help="Input field holding a record id (else line number + content hash)."),
@@ -56,6 +60,8 @@ def count_lines(path: str) -> int | None:
     gzip or huge files. Counted in 1 MiB blocks, so one huge line is never held whole."""
     if path == "-" or path.lower().endswith(".gz") or not os.path.isfile(path) \
             or os.path.getsize(path) > 512 * 1024 * 1024:
+        return None
+    if path.lower().endswith((".parquet", ".arrow", ".feather")):  # binary: lines mean nothing
         return None
     lines, last = 0, b"\n"
     with open(path, "rb") as f:
@@ -135,5 +141,14 @@ def print_summary(summary: dict[str, Any], extra_lines: list[str] | None = None)
     if summary.get("repaired"):
         lines.append("repaired torn lines: " + ", ".join(f"{k}: {v}" for k, v in summary["repaired"].items() if v))
     lines.extend(extra_lines or [])
+    lines.extend(card_lines(summary["output"], extra_lines))
     lines.append(f"time: {summary['seconds']:.1f} s")
     click.echo("\n".join(lines), err=True)
+
+
+def card_lines(output: str, figures: list[str] | None) -> list[str]:
+    """Write the run's dataset card (io/card.py) beside ``output``; the summary line naming it."""
+    from ..io.card import write_run_card
+
+    card = write_run_card(output, figures)
+    return [f"dataset card: {card}"] if card else []

@@ -34,11 +34,14 @@ from .common import user_errors
 @click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=None, metavar="X",
               help="GPUs each engine actor reserves. [default: 1 per replica on clusters with GPUs for "
                    "engines with device auto/cuda, else 0]")
+@click.option("--push-to-hub", "push_to_hub", default=None, metavar="REPO",
+              help="After the run, upload the sinks (their exports when they have one), their discards and a "
+                   "dataset card as README.md to the Hugging Face Hub dataset REPO (HF_TOKEN, HF_ENDPOINT).")
 @user_errors
 def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None, settings: tuple[str, ...],
              check: bool, executor: str, ray_address: str | None, ray_replicas: int | None,
              ray_stage_replicas: tuple[str, ...], ray_batch_size: int | None, ray_cpus_per_actor: float | None,
-             ray_gpus_per_actor: float | None) -> None:
+             ray_gpus_per_actor: float | None, push_to_hub: str | None) -> None:
     """Run the multi-stage PIPELINE (sources -> stages -> sinks), streaming, with checkpoints.
 
     Stages: template, self-instruct, respond, humpback, evolve, back-translate, filter, dedup.
@@ -71,6 +74,13 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise click.BadParameter(f"{item!r}: the value is not valid YAML ({exc})", param_hint="--set") from None
+    if push_to_hub:  # a typo must not wait for the end of a long run
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(push_to_hub)
+        except HFValidationError as exc:
+            raise click.BadParameter(f"{push_to_hub!r}: {exc}", param_hint="--push-to-hub") from None
     pipe = Pipeline.from_file(pipeline, overrides=overrides)
     spec = pipe.spec
     if check:
@@ -123,8 +133,28 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
     files = [f for f in report.get("report_files", []) if f.endswith(".json")]
     if files:
         lines.append("report: " + ", ".join(files))
+    exports = [s["export_file"] for s in report["sinks"].values() if s.get("export_file")]
+    if exports:
+        lines.append("exported: " + ", ".join(exports))
+    if report.get("cards"):
+        lines.append("dataset card: " + ", ".join(report["cards"]))
     lines.append(f"time: {time.perf_counter() - started:.1f} s")
     click.echo("\n".join(lines), err=True)
+    if push_to_hub:
+        _push(spec, report, push_to_hub)
+
+
+def _push(spec, report: dict, repo: str) -> None:
+    """Upload to the Hub after the data is written; one line and exit status 1 when it fails."""
+    from ..io.card import HubError
+    from ..pipeline.publish import push_pipeline
+
+    try:
+        url = push_pipeline(spec, report, repo)
+    except HubError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"pushed to the Hub: {url}", err=True)
 
 
 def _ray_options(executor: str, address: str | None, replicas: int | None, stage_replicas: tuple[str, ...],

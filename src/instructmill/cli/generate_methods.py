@@ -22,7 +22,7 @@ from ..errors import InstructmillError
 from ..methods.evol import EvolOptions
 from ..methods.humpback import HumpbackOptions
 from ..methods.self_instruct import SelfInstructOptions
-from .common import count_lines, heartbeat_text, io_options, print_summary, user_errors
+from .common import INPUT_FORMATS, count_lines, heartbeat_text, io_options, print_summary, user_errors
 from ..progress import Heartbeat
 from .options import _click_type, _field_help, build_options, dataclass_options
 
@@ -127,7 +127,7 @@ _SI = SelfInstructOptions()
               help="Output JSONL (kept records). Beside it: .discards.jsonl, .errors.jsonl, .run.json.")
 @click.option("--format", "fmt", type=click.Choice(["alpaca", "sharegpt", "openai"]), default="alpaca",
               show_default=True, help="Output record format.")
-@click.option("--input-format", type=click.Choice(["jsonl", "json", "csv", "tsv"]), default=None,
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default=None,
               help="SEEDS format (default: from the file extension).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (or raise --num-instructions).")
 @click.option("--overwrite", is_flag=True, help="Delete an earlier run's files and start over.")

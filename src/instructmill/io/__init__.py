@@ -8,6 +8,9 @@
   :class:`JsonlWriter`.
 * :mod:`~instructmill.io.run` / :mod:`~instructmill.io.resume`: :func:`open_run`, a run with
   output / discards / errors files that can be resumed after a crash.
+* :mod:`~instructmill.io.tables` (Parquet / Arrow, needs pyarrow), :mod:`~instructmill.io.hf`
+  (Hugging Face ``datasets`` in and out, ``Dataset.map``), :mod:`~instructmill.io.card` (dataset
+  cards, ``--push-to-hub``): imported on use only.
 
 Standard library only, so ``import instructmill.io`` stays cheap.
 """

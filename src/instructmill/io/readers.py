@@ -70,9 +70,10 @@ __all__ = [
 log = logging.getLogger("instructmill.io")
 
 #: Input formats accepted by :func:`read_records` (``ndjson`` is an alias of ``jsonl``).
-READ_FORMATS = ("jsonl", "ndjson", "json", "csv", "tsv")
+READ_FORMATS = ("jsonl", "ndjson", "json", "csv", "tsv", "parquet", "arrow")
 
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+               ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow"}
 _BOM = codecs.BOM_UTF8
 #: Longest ``raw`` text kept in a :class:`ReadError`.
 RAW_LIMIT = 500
@@ -165,7 +166,9 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
         path: a file, or ``"-"`` for stdin (JSONL unless ``format`` says otherwise).
             A ``.gz`` suffix is read through gzip.
         format: ``"jsonl"`` (alias ``"ndjson"``), ``"json"`` (a top-level array of objects)
-            ``"csv"`` or ``"tsv"`` (header row first). ``None`` picks it from the extension
+            ``"csv"`` or ``"tsv"`` (header row first), ``"parquet"`` or ``"arrow"`` (Arrow IPC
+            file or stream, e.g. ``.arrow`` / ``.feather``; rows numbered from 1, read in
+            record batches through pyarrow: :mod:`instructmill.io.tables`). ``None`` picks it from the extension
             (:func:`detect_format`); a ``.json`` file whose first character is ``{`` is read
             as JSONL, since many tools write JSON Lines under that name.
         id_field: field that holds the record's own id. When it is missing or empty the id
@@ -234,6 +237,10 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         rows = _jsonl_rows(name)
     elif fmt == "json":
         rows = _json_rows(name)
+    elif fmt in ("parquet", "arrow"):  # record batches through pyarrow (io/tables.py)
+        from instructmill.io.tables import table_rows
+
+        rows = table_rows(name, fmt)
     else:
         rows = _csv_rows(name, "\t" if fmt == "tsv" else ",")
     seen = IdSet()  # hashed ids, 8 bytes each: flat memory however long the input (io/idset.py)

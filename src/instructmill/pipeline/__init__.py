@@ -82,6 +82,9 @@ class Pipeline:
             executor: str = "local", ray: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Run to the end and return the report (see :mod:`instructmill.pipeline.report`).
 
+        Then sinks with an ``export`` are converted to Parquet / Arrow and every sink gets its
+        dataset card (:mod:`~instructmill.pipeline.publish`; ``report["cards"]``).
+
         Args:
             resume: continue an interrupted run (same pipeline, inputs and executor).
             overwrite: delete an earlier run's outputs and state first.
@@ -113,11 +116,18 @@ class Pipeline:
                 raise OptionError("ray", ray, "pass RayOptions(...)")
             runner = RayExecutor(self.spec, options=ray, engines=self.engines, service_factory=self.service_factory,
                                  progress=progress)
-            return runner.run(resume=resume, overwrite=overwrite, **kwargs)
+            return _published(self.spec, runner.run(resume=resume, overwrite=overwrite, **kwargs))
         if ray is not None:
             raise OptionError("ray", ray, "Ray options apply to executor='ray' only")
         check_executor(self.spec, "local", resume=resume)
         from .runtime import Runtime
 
         runtime = Runtime(self.spec, engines=self.engines, service_factory=self.service_factory, progress=progress)
-        return runtime.run(resume=resume, overwrite=overwrite, **kwargs)
+        return _published(self.spec, runtime.run(resume=resume, overwrite=overwrite, **kwargs))
+
+
+def _published(spec: PipelineSpec, report: dict[str, Any]) -> dict[str, Any]:
+    """Sink exports (Parquet / Arrow) and dataset cards, once the run has finished."""
+    from .publish import publish_sinks
+
+    return publish_sinks(spec, report)

@@ -15,7 +15,7 @@ A pipeline file has five top-level keys::
       - {method: back-translate, engine: enpt, fields: [instruction, output]}
       - {method: dedup, threshold: 0.8}
     sinks:               # output files; `input` defaults to the last stage
-      - {path: ../out/data.jsonl, format: alpaca}
+      - {path: ../out/data.jsonl, format: alpaca}   # or data.parquet / data.arrow (converted at the end)
 
 Engine keys are the fields of :class:`~instructmill.engine.llm.LLMEngineOptions` (``type: llm``)
 or of :class:`~instructmill.engine.ctranslate2_backend.CTranslate2Options` and
@@ -55,6 +55,9 @@ ENGINE_TYPES = ("llm", "translation")
 LLM_BACKENDS = tuple(backend_names())  # the registry of engine.llm_backends (plugins included)
 TRANSLATION_BACKENDS = ("auto", "bergamot", "ctranslate2")
 SINK_FORMATS = ("alpaca", "sharegpt", "openai")
+SOURCE_FORMATS = ("jsonl", "ndjson", "json", "csv", "tsv", "parquet", "arrow")
+#: Sink file extensions written as a table at the end of the run (see SinkSpec.export).
+TABLE_SINK_EXTENSIONS = (".parquet", ".arrow")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -74,6 +77,8 @@ class PipelineSettings:
         state_dir: where checkpoints live (default: ``<first sink without .jsonl>.pipeline``).
         progress: progress bars per stage (``None``: when stderr is a terminal).
         report: write ``<sink>.report.json`` and ``.report.png`` next to every sink.
+        card: write a Hugging Face dataset card ``<sink stem>.README.md`` next to every sink
+            (:mod:`instructmill.io.card`).
 
     Raises:
         OptionError: a value out of range.
@@ -86,6 +91,7 @@ class PipelineSettings:
     state_dir: str | None = None
     progress: bool | None = None
     report: bool = True
+    card: bool = True
 
     def __post_init__(self) -> None:
         for name in ("queue_size", "window"):
@@ -96,7 +102,7 @@ class PipelineSettings:
 
 
 #: Settings that change neither the records nor their order (left out of the resume fingerprint).
-RUNTIME_ONLY_SETTINGS = ("queue_size", "window", "flush_seconds", "progress", "report")
+RUNTIME_ONLY_SETTINGS = ("queue_size", "window", "flush_seconds", "progress", "report", "card")
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,8 @@ class SourceSpec:
 
     Attributes:
         path: the file (relative to the pipeline file).
-        format: jsonl, json, csv or tsv (default: from the extension).
+        format: jsonl, json, csv, tsv, parquet or arrow (default: from the extension; ``.arrow`` /
+            ``.feather`` are Arrow IPC files or streams).
         id_field: field holding a record's id (else line number + content hash).
         limit: read only the first N records.
     """
@@ -117,8 +124,8 @@ class SourceSpec:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.format is not None and self.format not in ("jsonl", "ndjson", "json", "csv", "tsv"):
-            raise OptionError("format", self.format, "choose one of jsonl, json, csv, tsv")
+        if self.format is not None and self.format not in SOURCE_FORMATS:
+            raise OptionError("format", self.format, f"choose one of {', '.join(SOURCE_FORMATS)}")
         if self.limit is not None and self.limit < 0:
             raise OptionError("limit", self.limit, "must be >= 0")
         if not self.path:
@@ -132,9 +139,14 @@ class SinkSpec:
     Attributes:
         path: the output JSONL (relative to the pipeline file).
         input: the stage (or source) it writes (default: the last stage).
-        format: alpaca, sharegpt or openai.
+        format: the records' shape: alpaca, sharegpt or openai.
         fsync: fsync after every batch (survives power loss, slower).
         name: its name in the report (default: the file name without .jsonl).
+        export: a ``.parquet`` or ``.arrow`` file that receives the ``ok`` records when the run
+            ends (:func:`~instructmill.io.tables.jsonl_to_table`). A sink ``path`` ending in
+            ``.parquet`` / ``.arrow`` is short for ``path: <stem>.jsonl, export: <that path>``: the
+            run writes and resumes the JSONL exactly as any sink, then converts it (the JSONL is
+            kept: a later ``--resume`` continues from it and converts again).
     """
 
     path: str
@@ -142,10 +154,15 @@ class SinkSpec:
     format: str = "alpaca"
     fsync: bool = False
     name: str = ""
+    export: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in SINK_FORMATS:
-            raise OptionError("format", self.format, f"choose one of {', '.join(SINK_FORMATS)}")
+            hint = (" (format is the records' shape; for a Parquet / Arrow file name the path .parquet / .arrow "
+                    "or set export)" if self.format in ("parquet", "arrow") else "")
+            raise OptionError("format", self.format, f"choose one of {', '.join(SINK_FORMATS)}{hint}")
+        if self.export is not None and not self.export.lower().endswith(TABLE_SINK_EXTENSIONS):
+            raise OptionError("export", self.export, "name a .parquet or .arrow file")
         if not self.path or self.path == "-":
             raise OptionError("path", self.path, "name an output file")
 
@@ -248,7 +265,8 @@ class PipelineSpec:
             "sources": {n: plain(s) for n, s in self.sources.items()},
             # keyed by name (not lists) so a resume refusal can name the changed key
             "stages": {s.name: plain(s) for s in self.stages},
-            "sinks": {s.name: plain(s) for s in self.sinks},
+            # a sink's export is a copy made at the end: adding one to a run being resumed is fine
+            "sinks": {s.name: {k: v for k, v in plain(s).items() if k != "export"} for s in self.sinks},
         }
 
 
@@ -554,6 +572,11 @@ def _sinks(data: Any, sources: dict[str, SourceSpec], stages: list[StageSpec], d
         if isinstance(entry, str):
             entry = {"path": entry}
         sink = build(SinkSpec, entry, path, doc)
+        stem, ext = os.path.splitext(sink.path)
+        if ext.lower() in TABLE_SINK_EXTENSIONS:  # written as JSONL (exact resume), converted at the end
+            if sink.export is not None:
+                raise doc.error(f"{path}.export", f"the path {sink.path!r} is already a table file; give one of them")
+            sink = dataclasses.replace(sink, path=stem + ".jsonl", export=sink.path)
         source = sink.input
         if source is None:
             if stages:
