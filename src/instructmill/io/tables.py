@@ -56,9 +56,10 @@ def table_format(path: str | os.PathLike[str]) -> str | None:
 
 # ---------------------------------------------------------------------------- reading
 
-def table_rows(name: str, fmt: str) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
-    """Rows of a Parquet / Arrow file as ``(row number from 1, row dict, row dict)`` triples,
-    the shape :mod:`instructmill.io.readers` consumes (the third item is the raw row).
+def table_rows(name: str, fmt: str) -> Iterator[tuple[int, dict[str, Any], dict[str, Any], int]]:
+    """Rows of a Parquet / Arrow file as ``(row number from 1, row dict, row dict, 0)``, the shape
+    :mod:`instructmill.io.readers` consumes (the third item is the raw row, the fourth its size in
+    bytes when known: 0 here, the row was never a line).
 
     Raises:
         OptionError: ``name`` is ``"-"`` (a table cannot be read from stdin) or ``fmt`` unknown.
@@ -72,7 +73,7 @@ def table_rows(name: str, fmt: str) -> Iterator[tuple[int, dict[str, Any], dict[
     for batch in _batches(name, fmt):
         for row in batch.to_pylist():
             line += 1
-            yield line, row, row
+            yield line, row, row, 0
 
 
 def _batches(name: str, fmt: str) -> Iterator[Any]:
