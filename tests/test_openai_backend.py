@@ -157,3 +157,19 @@ def test_vllm_shaped_api_over_a_server(stub):
     with pytest.raises(TypeError, match=r"messages\[0\]"):
         llm.chat([["not a message"]])
     assert llm.backend == "openai" and llm.model == "stub-model"
+
+
+def test_pipeline_respond_stage_on_the_openai_backend(stub, tmp_path):
+    from instructmill.pipeline import Pipeline
+
+    state, url = stub
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Explain item {i}."}) + "\n" for i in range(9)))
+    out = tmp_path / "o.jsonl"
+    Pipeline({"engines": {"srv": {"type": "llm", "backend": "openai", "base_url": url}},
+              "sources": {"rows": {"path": str(data)}},
+              "stages": [{"method": "respond", "engine": "srv", "records_per_batch": 4,
+                          "sampling": {"temperature": 0, "max_tokens": 16}}],
+              "sinks": [{"path": str(out)}], "settings": {"progress": False, "report": False}}).run()
+    got = {r["id"]: r["output"] for r in map(json.loads, out.read_text().splitlines())}
+    assert got == {f"q{i}": f"echo: Explain item {i}." for i in range(9)}

@@ -249,6 +249,9 @@ class _LLMClient(LLMBackend):
         self.model = backend.model
         self.tokenizer = backend.tokenizer
         self.max_model_len = backend.max_model_len
+        # what the engine can do decides how prompts are built and sent (class attributes there)
+        self.tokenizes_locally = backend.tokenizes_locally
+        self.supports_json_schema = backend.supports_json_schema
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
