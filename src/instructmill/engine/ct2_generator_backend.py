@@ -33,6 +33,7 @@ class CTranslate2GeneratorBackend(LLMBackend):
     """
 
     name = "ctranslate2"
+    budget_batching = True  # pads each batch and keeps its KV cache to the end
 
     def __init__(self, model_dir: str, options: LLMEngineOptions | None = None, *, allow_unverified: bool = False):
         super().__init__(options)

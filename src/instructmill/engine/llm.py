@@ -14,7 +14,13 @@ Every backend gets, from :class:`LLMBackend`:
 * stop strings cut from the text (never leaked), on every backend,
 * results in input order, matched by request index (never by prompt text: duplicate prompts
   are common in this work),
-* requests fed to the engine in chunks of ``chunk_size``, so memory stays bounded.
+* requests fed to the engine in chunks of ``chunk_size``, so memory stays bounded; on engines that
+  pad a batch and keep its whole KV cache (CTranslate2, transformers: ``budget_batching = True``)
+  each chunk is cut further into length-sorted batches under a token budget
+  (``max_batch_tokens``, cost of a request = prompt tokens + ``max_tokens``) by the shared
+  :mod:`~instructmill.engine.scheduler`, and results stream out as batches finish;
+* :meth:`LLMBackend.window_tokens`: how much work a method should hand over at once so its
+  output reaches the writer batch by batch (:func:`~instructmill.engine.scheduler.budget_windows`).
 
 Sampling option names are vLLM's ``SamplingParams`` names; engine options are vLLM's ``LLM``
 arguments, mapped onto CTranslate2 and transformers by each backend.
@@ -23,10 +29,12 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Sequence, Union
 
 from ..errors import OptionError
+from .scheduler import BatchingOptions, WorkItem, make_batches
 
 #: A prompt: plain text (sent as is, the tokenizer adds BOS), chat ``messages``
 #: (``[{"role": "user", "content": "..."}]``) rendered with the model's chat template, or token ids
@@ -119,6 +127,10 @@ class LLMEngineOptions:
         enforce_eager: vLLM without torch.compile / CUDA graphs; ``None`` = eager on CPU (engine
             start ~20 s instead of ~40 s, measured), compiled on GPU.
         threads: CPU threads for CTranslate2 / transformers (``None`` = all cores).
+        max_batch_tokens: CTranslate2 / transformers: most token slots in one engine batch, counted
+            as requests x (longest prompt + ``max_tokens``), as these engines pad a batch and hold its
+            KV cache until the batch ends (vLLM pages its cache and ignores this). Without it, 40
+            long Humpback prompts went to one CTranslate2 batch: 7.7 GB and rising (measured).
     """
 
     max_model_len: int | None = None
@@ -135,6 +147,7 @@ class LLMEngineOptions:
     compute_type: str = "auto"
     enforce_eager: bool | None = None
     threads: int | None = None
+    max_batch_tokens: int = 8192
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:
@@ -151,6 +164,8 @@ class LLMEngineOptions:
             raise OptionError("tensor_parallel_size", self.tensor_parallel_size, "must be a positive integer")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise OptionError("chunk_size", self.chunk_size, "must be a positive integer")
+        if not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
+            raise OptionError("max_batch_tokens", self.max_batch_tokens, "must be a positive integer")
 
 
 @dataclass
@@ -217,12 +232,15 @@ class LLMBackend(ABC):
     """Base of every LLM backend (see the module docstring for what it guarantees).
 
     Subclasses set ``name``, ``model`` (id or path, for provenance), ``tokenizer`` (an HF
-    tokenizer) and ``max_model_len``, and implement :meth:`_generate`.
+    tokenizer) and ``max_model_len``, and implement :meth:`_generate`. Engines that pad a batch
+    and keep its memory until the batch ends set ``budget_batching = True``: :meth:`_generate`
+    then gets batches of at most ``max_num_seqs`` requests and ``max_batch_tokens`` token slots.
     """
 
     name: str = "llm"
     model: str = ""
     max_model_len: int = 2048
+    budget_batching: bool = False
 
     def __init__(self, options: LLMEngineOptions | None = None):
         self.options = options or LLMEngineOptions()
@@ -259,6 +277,21 @@ class LLMBackend(ABC):
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Prompt length in tokens, as :meth:`generate` will count it (0 for an empty prompt)."""
+        return 0 if self.is_empty(prompt) else len(self.encode_prompt(prompt))
+
+    def window_tokens(self) -> int | None:
+        """How many tokens of work (prompt + new tokens, summed over requests) a method should
+        hand to :meth:`generate` at once, or ``None`` for no limit beyond its record count.
+
+        Budget-batching engines: two engine batches (``2 * max_batch_tokens``), so a method's
+        output reaches its writer every couple of batches instead of after the whole window
+        (the measured fault: nothing written after 32 min for 40 long Humpback records on
+        CTranslate2). vLLM schedules and pages memory itself: ``None``.
+        """
+        return 2 * self.options.max_batch_tokens if self.budget_batching else None
 
     # -------------------------------------------------------------- generate
     def generate(self, prompts: Sequence[Prompt],
@@ -315,23 +348,45 @@ class LLMBackend(ABC):
                 seed = None if params.greedy else (
                     params.seed + i if params.seed is not None else self._seed_rng.randrange(2**31))
                 requests.append(Request(index, ids, replace(one, seed=seed)))
-        if requests:
+        remaining = Counter(r.index for r in requests)
+        pending = deque(index for index, _, _ in chunk)
+        for batch in self._engine_batches(requests):
             start = time.perf_counter()
-            samples = self._generate(requests)
+            samples = self._generate(batch)
             self.stats["seconds"] += time.perf_counter() - start
-            if len(samples) != len(requests):
-                raise RuntimeError(f"{self.name} returned {len(samples)} samples for {len(requests)} requests")
-            for request, sample in zip(requests, samples):
+            if len(samples) != len(batch):
+                raise RuntimeError(f"{self.name} returned {len(samples)} samples for {len(batch)} requests")
+            for request, sample in zip(batch, samples):
                 text, stopped = cut_at_stop(sample.text, request.params.stop)
                 if stopped:
                     sample = replace(sample, text=text, finish_reason="stop")
                 sample.seed = request.params.seed
                 results[request.index].samples.append(sample)
+                remaining[request.index] -= 1
                 self.stats["requests"] += 1
                 self.stats["prompt_tokens"] += len(request.prompt_ids)
                 self.stats["output_tokens"] += len(sample.token_ids)
-        for index, _, _ in chunk:
-            yield results[index]
+            while pending and remaining[pending[0]] <= 0:  # stream what is complete, in input order
+                yield results.pop(pending.popleft())
+        for index in pending:
+            yield results.pop(index)
+
+    def _engine_batches(self, requests: list[Request]) -> Iterator[list[Request]]:
+        """The engine calls for one chunk: all of it (vLLM), or length-sorted batches under the
+        token budget (``budget_batching``). A request's cost is its prompt plus ``max_tokens``;
+        inside a batch, requests keep their order (a prompt's samples stay in seed order)."""
+        if not requests:
+            return
+        if not self.budget_batching:
+            yield requests
+            return
+        options = BatchingOptions(max_batch_size=self.options.max_num_seqs,
+                                  max_batch_tokens=self.options.max_batch_tokens,
+                                  sort_window=max(len(requests), self.options.max_num_seqs))
+        items = (WorkItem(i, len(r.prompt_ids) + r.params.max_tokens, r) for i, r in enumerate(requests))
+        for batch in make_batches(items, options):
+            batch.sort(key=lambda item: item.index)
+            yield [item.payload for item in batch]
 
     @abstractmethod
     def _generate(self, requests: list[Request]) -> list[Sample]:

@@ -25,6 +25,7 @@ class TransformersLLMBackend(LLMBackend):
     """
 
     name = "transformers"
+    budget_batching = True  # pads each batch and keeps its KV cache to the end
 
     def __init__(self, model: str, options: LLMEngineOptions | None = None):
         super().__init__(options)

@@ -33,7 +33,7 @@ from ..engine.translation import TranslationBackend
 from ..errors import OptionError, RecordError
 from ..iterutil import chunked
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
-from .quality import QualityOptions, check_paraphrase, worst_status
+from .quality import QualityOptions, check_round_trip, worst_status
 from .segmentation import Document, Segmenter
 
 
@@ -79,7 +79,8 @@ class Paraphrase:
         text: the round-trip text (the paraphrase when ``status == "ok"``).
         status: ``"ok"`` or a reason from :mod:`~instructmill.methods.quality`.
         pivot: pivot language; ``pivot_text``: the text in that language.
-        detail: e.g. ``{"lost": [...]}`` or ``{"tokens": 812, "max_input_tokens": 510}``.
+        detail: e.g. ``{"lost": [...]}``, ``{"tokens": 812, "max_input_tokens": 510}`` or, for
+            ``degenerate``, ``{"hop": "pivot", "reason": "2-gram 'de la' repeated 9 times in a row ..."}``.
     """
 
     source: str
@@ -174,10 +175,10 @@ class BackTranslator:
         pivot_text, _ = doc.render([h[0] for h in hops])
         if lost:
             return Paraphrase(source, final, "placeholder_lost", pivot, pivot_text, {"lost": lost})
-        status = check_paraphrase(source, final, self.options.quality) if doc.segments else None
-        if status is None and not doc.segments:
-            status = None  # nothing translatable: passed through unchanged
-        return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text)
+        if not doc.segments:  # nothing translatable: passed through unchanged
+            return Paraphrase(source, final, STATUS_OK, pivot, pivot_text)
+        status, detail = check_round_trip(source, pivot_text, final, self.options.quality)
+        return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text, detail)
 
     # --------------------------------------------------------------- records
     def settings(self) -> dict[str, Any]:
