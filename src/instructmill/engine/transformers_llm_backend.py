@@ -1,7 +1,8 @@
 """transformers backend: the reference the fast backends are checked against.
 
-Greedy requests are batched (left padding, attention mask); sampled requests run one at a
-time after ``torch.manual_seed(seed)``, which makes each sample reproducible from its seed.
+Greedy requests are batched (left padding, attention mask) within the base class's token-budget
+batches (``LLMEngineOptions.max_batch_tokens``); sampled requests run one at a time after
+``torch.manual_seed(seed)``, which makes each sample reproducible from its seed.
 Correctness over speed: this backend exists to tell whether vLLM and CTranslate2 are right.
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ the order a record reports them when several apply:
 """
 from __future__ import annotations
 
+import operator
 import re
 import unicodedata
 from collections import Counter
@@ -30,6 +31,7 @@ _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 #: Tokens that make up table rules and cells (``| o | o | o |``): a repeated unit holding one is
 #: layout, not a loop (markdown tables in ShareGPT answers repeat ``| x`` up to 16 times, measured).
 _LAYOUT_TOKENS = frozenset("|")
+_STRETCH_RE = re.compile(rb"\x01+")
 
 
 @dataclass(frozen=True)
@@ -138,15 +140,13 @@ def repeat_run(tokens: list[str], max_n: int = 8) -> RepeatRun:
         return RepeatRun(0)
     best = RepeatRun(1)
     for n in range(1, max_n + 1):
-        stretch = 0
-        for i in range(len(tokens) - n):
-            if tokens[i] != tokens[i + n]:
-                stretch = 0
-                continue
-            stretch += 1
-            count = (stretch + n) // n
+        # positions where the token equals the one n later, as bytes: runs of 1s are periodic stretches
+        same = bytes(map(operator.eq, tokens, tokens[n:]))
+        for match in _STRETCH_RE.finditer(same):
+            count = (match.end() - match.start() + n) // n
             if count > best.count:
-                unit = tuple(tokens[i - stretch + 1:i - stretch + 1 + n])
+                # every rotation of a periodic stretch holds the same tokens: check the first
+                unit = tuple(tokens[match.start():match.start() + n])
                 if any(_is_word(t) for t in unit) and not _LAYOUT_TOKENS.intersection(unit):
                     best = RepeatRun(count, unit)
     return best
