@@ -291,3 +291,26 @@ def test_ct2_llm_budget_batches_give_the_same_greedy_output(tiny_llama_ct2):
         assert sum(calls) == len(prompts)
         assert len(calls) == 1 if budget == 100_000 else len(calls) > 3
     assert results[80] == results[100_000]
+
+
+def test_transformers_llm_budget_batches_give_the_same_greedy_output(tiny_llama_4k):
+    pytest.importorskip("torch")
+    from instructmill.engine.transformers_llm_backend import TransformersLLMBackend
+
+    prompts = [f"Tell me about item {i}. " * (1 + i % 5) for i in range(8)]
+    greedy = SamplingOptions(temperature=0, max_tokens=8)
+    results = {}
+    for budget in (100_000, 80):
+        backend = TransformersLLMBackend(str(tiny_llama_4k), LLMEngineOptions(
+            max_batch_tokens=budget, max_model_len=512, threads=1))
+        inner, widths = backend.hf.generate, []
+
+        def counting(*args, _inner=inner, _widths=widths, **kwargs):
+            _widths.append(kwargs["input_ids"].shape[0])
+            return _inner(*args, **kwargs)
+
+        backend.hf.generate = counting
+        results[budget] = [r.samples[0].token_ids for r in backend.generate(prompts, greedy)]
+        assert sum(widths) == len(prompts)
+        assert len(widths) == 1 if budget == 100_000 else len(widths) > 3
+    assert results[80] == results[100_000]
