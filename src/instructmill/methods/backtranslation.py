@@ -10,7 +10,7 @@ meaning stays. This module does the parts that make it usable on real instructio
 * protection: code, URLs, ``{placeholders}`` and numbers come back byte-identical, or the
   record gets ``status: "placeholder_lost"``;
 * limits: over-long sentences are split, never cut; unsplittable ones give ``input_too_long``;
-* quality: empty, looping, far-off-length or unchanged outputs get a status
+* quality: empty, looping (in the pivot or the output), far-off-length or unchanged outputs get a status
   (:mod:`~instructmill.methods.quality`) and stay out of the main output;
 * throughput: all segments of a chunk of records go through
   :func:`~instructmill.engine.chain.translate_chain` at once (identical segments once,
