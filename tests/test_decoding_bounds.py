@@ -41,6 +41,8 @@ def test_normal_text_and_source_repetition_are_not_flagged():
     assert degeneration("The cat sat on the mat and looked at the door.") is None
     assert degeneration("| o | o | o | o | o | o |") is None  # a table row, not a loop
     assert degeneration("0, 0, 0, 0, 0, 0, 0") is None  # data, no word
+    assert degeneration("- () , , , , , , , , , , Este é o árabe padrão").startswith("1-gram ',' repeated 10")
+    assert degeneration("------------\n============\n...... ) ; } ) ; } ) ; } ) ; }") is None
     assert degeneration("Very very very good.") is None  # 3 in a row is language
     chant = "ha ha ha ha ha, said the clown."
     assert degeneration(chant, chant) is None  # the source repeats as much
@@ -112,7 +114,7 @@ def _real_texts() -> list[str]:
 
 def test_false_positive_rate_on_real_texts():
     """The seed tasks and ShareGPT turns (lists, code, tables) checked as outputs on their own
-    (no source to compare with): at most 0.1 % flagged (measured: 3 of 14,579)."""
+    (no source to compare with): at most 0.1 % flagged (measured: 5 of 14,579)."""
     texts = _real_texts()
     flagged = [t for t in texts if degeneration(t)]
     assert len(texts) > 10_000

@@ -32,17 +32,22 @@ _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 #: layout, not a loop (markdown tables in ShareGPT answers repeat ``| x`` up to 16 times, measured).
 _LAYOUT_TOKENS = frozenset("|")
 _STRETCH_RE = re.compile(rb"\x01+")
+#: Commas of several scripts. A run of bare commas is a loop (the embedded en->pt model turned an
+#: Arabic sentence into ", , , , , , , , , , ,", measured), while runs of other punctuation alone
+#: (``----``, ``====``, ``...``, ``) ; }``) are layout or code in real text.
+_COMMAS = frozenset(",，、،")
 
 
 @dataclass(frozen=True)
 class QualityOptions:
     """Thresholds of the paraphrase checks.
 
-    The defaults flag 4 of 14,579 real texts (0.03 %) when those texts are checked as outputs on
+    The defaults flag 5 of 14,579 real texts (0.03 %) when those texts are checked as outputs on
     their own, with no source to compare with (the 175 Self-Instruct seed tasks and all turns of
     the ShareGPT sample, lists, code and tables included; ``tests/test_decoding_bounds.py`` keeps
     the rate below 0.1 %): a pasted credits list repeating a 7-gram 20 times (twice in the
-    sample), ``%s/%s/%s/%s`` in C code, and a table whose cells are 81 % ``o``. Checked against
+    sample), ``%s/%s/%s/%s`` in C code, six commas in a row in a pasted sentence and a table whose
+    cells are 81 % ``o``. Checked against
     their own source, as in a round trip, none is flagged.
 
     Attributes:
@@ -132,7 +137,7 @@ def repeat_run(tokens: list[str], max_n: int = 8) -> RepeatRun:
     """Most consecutive repetitions of any n-gram (1 <= n <= ``max_n``) in ``tokens``.
 
     Only units with a word in them count (a row of ``-`` or ``0, 0, 0`` is layout or data, not
-    a loop), and none holding a table bar ``|``. Period ``n`` repeats where ``tokens[i] ==
+    a loop), and none holding a table bar ``|``; a run of bare commas counts too. Period ``n`` repeats where ``tokens[i] ==
     tokens[i + n]`` for a stretch of ``s`` positions: the unit then occurs ``(s + n) // n`` times.
     O(``max_n * len(tokens)``).
     """
@@ -147,9 +152,16 @@ def repeat_run(tokens: list[str], max_n: int = 8) -> RepeatRun:
             if count > best.count:
                 # every rotation of a periodic stretch holds the same tokens: check the first
                 unit = tuple(tokens[match.start():match.start() + n])
-                if any(_is_word(t) for t in unit) and not _LAYOUT_TOKENS.intersection(unit):
+                if _loop_unit(unit):
                     best = RepeatRun(count, unit)
     return best
+
+
+def _loop_unit(unit: tuple[str, ...]) -> bool:
+    """Whether a repeated unit can be a loop: it holds a word (and no table bar), or only commas."""
+    if _LAYOUT_TOKENS.intersection(unit):
+        return False
+    return any(_is_word(t) for t in unit) or all(t in _COMMAS for t in unit)
 
 
 def longest_repeat_run(tokens: list[str], max_n: int = 8) -> int:
