@@ -1,8 +1,10 @@
 """CTranslate2 ``Generator`` backend: the CPU fallback for LLM sampling.
 
 Takes a decoder LLM converted by ``instructmill convert`` (float32 by default on CPU: int8
-degrades SmolLM2-135M into repetition, measured). Requests with the same sampling settings go
-to one ``generate_batch`` call.
+degrades SmolLM2-135M into repetition, measured). The base class hands it length-sorted batches
+under the token budget (``LLMEngineOptions.max_batch_tokens``: a Generator pads a batch and keeps
+its KV cache until the batch ends); requests of one batch with the same sampling settings go to
+one ``generate_batch`` call.
 
 Seeds: CTranslate2 has no per-request seed. Its sampling RNG is per worker thread, seeded from
 ``ctranslate2.set_random_seed`` when the thread first samples; later calls to
@@ -33,6 +35,7 @@ class CTranslate2GeneratorBackend(LLMBackend):
     """
 
     name = "ctranslate2"
+    budget_batching = True  # pads each batch and keeps its KV cache to the end
 
     def __init__(self, model_dir: str, options: LLMEngineOptions | None = None, *, allow_unverified: bool = False):
         super().__init__(options)

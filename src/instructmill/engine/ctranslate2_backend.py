@@ -58,8 +58,9 @@ class CTranslate2Options:
         repetition_penalty: > 1 penalizes tokens already generated (CTranslate2's; 1 = off).
         no_repeat_ngram_size: forbid repeating any n-gram of this many tokens (0 = off).
         max_decoding_length: hard cap on target tokens; default: the model's ``max_length``.
-        decoding_length_ratio: per batch, target tokens are capped at
-            ``ratio * longest source + 10`` (below the hard cap) so a looping output stops early.
+        decoding_length_ratio: per segment, target tokens are capped at
+            ``ratio * source tokens + 10`` (below the hard cap) so a looping output stops early;
+            each segment of a batch stops at its own cap (``CTranslate2Backend.translate_batch``).
         min_decoding_length: at least this many target tokens (benchmarks fix the length).
         sampling_topk: 1 = greedy or beam search; k > 1 samples from the k most likely tokens (0:
             from all), which gives more varied back-translations (Edunov et al., 2018
@@ -214,36 +215,75 @@ class CTranslate2Backend(TranslationBackend):
     def encode(self, texts: list[str]) -> list[Encoded]:
         return [Encoded(tokens, len(tokens)) for tokens in self._tokenizer.encode(texts)]
 
+    def decode_cap(self, source_tokens: int) -> int:
+        """Most target tokens (a target prefix included, as CTranslate2 counts them) for a source
+        of ``source_tokens`` tokens: ``ceil(decoding_length_ratio * source_tokens) + 10``, at most
+        the model's hard cap. The slack of 10 lets a one-word source become a short phrase."""
+        return min(self.max_decoding_length, math.ceil(self.options.decoding_length_ratio * source_tokens) + 10)
+
     def translate_batch(self, batch: list[Encoded]) -> list[str]:
-        longest = max(item.length for item in batch)
-        if self.options.min_decoding_length and self.options.max_decoding_length:
-            max_len = self.options.max_decoding_length
-        else:
-            max_len = min(self.max_decoding_length,
-                          math.ceil(self.options.decoding_length_ratio * longest) + 10)
-        prefix = self._tokenizer.target_prefix
+        """Translate one batch; every segment stops at its own :meth:`decode_cap`, not the batch's.
+
+        ``translate_batch`` takes one ``max_decoding_length`` per call, so a 3-token segment next
+        to a 96-token one could loop for ~200 tokens. Greedy and sampling (``beam_size == 1``) run
+        the batch once and stop each example at its cap through CTranslate2's per-token callback
+        (returning ``True`` ends that example only, checked with 4.8.5). Beam search has no
+        callback: the batch is split into groups whose caps differ by at most 2x (a length-sorted
+        batch is one group), each decoded to its group's largest cap and cut to its own.
+        Benchmarks that fix the length (``min_decoding_length`` and ``max_decoding_length`` set)
+        decode every segment to that length.
+        """
+        if not batch:
+            return []
         start = time.perf_counter()
+        if self.options.min_decoding_length and self.options.max_decoding_length:
+            caps = [self.options.max_decoding_length] * len(batch)
+            hyps = self._decode(batch, caps, stop_each=False)
+        elif self.beam_size == 1:
+            caps = [self.decode_cap(item.length) for item in batch]
+            hyps = self._decode(batch, caps, stop_each=True)
+        else:
+            caps = [self.decode_cap(item.length) for item in batch]
+            hyps = [[] for _ in batch]
+            for group in _cap_groups(caps):
+                for i, hyp in zip(group, self._decode([batch[i] for i in group], [caps[i] for i in group],
+                                                      stop_each=False)):
+                    hyps[i] = hyp
+        seconds = time.perf_counter() - start
+        prefix = self._tokenizer.target_prefix
+        hyps = [hyp[:cap] for hyp, cap in zip(hyps, caps)]  # own cap, whatever the group decoded
+        hyps = [h[len(prefix):] if prefix else h for h in hyps]
+        self.stats.add(segments=len(batch), source_tokens=sum(i.length for i in batch),
+                       target_tokens=sum(len(h) for h in hyps), seconds=seconds)
+        return self._tokenizer.decode(hyps)
+
+    def _decode(self, batch: list[Encoded], caps: list[int], *, stop_each: bool) -> list[list[str]]:
+        """One ``translate_batch`` call decoding up to ``max(caps)`` tokens; with ``stop_each``
+        (``beam_size == 1`` only) example ``i`` stops after ``caps[i]`` tokens. Returns the best
+        hypothesis of each example, the target prefix included."""
+        prefix = self._tokenizer.target_prefix
+
+        def stop_at_own_cap(step) -> bool:
+            return step.step + 1 >= caps[step.batch_id]
+
         results = self._translator.translate_batch(
             [item.payload for item in batch],
             target_prefix=[list(prefix) for _ in batch] if prefix else None,
-            max_batch_size=0,
+            max_batch_size=0,  # no re-batching inside: batch_id in the callback is our index
             beam_size=self.beam_size,
             length_penalty=self.length_penalty,
             repetition_penalty=self.options.repetition_penalty,
             no_repeat_ngram_size=self.options.no_repeat_ngram_size,
             max_input_length=0,  # never truncate silently: the segmenter splits long inputs
-            max_decoding_length=max_len,
+            max_decoding_length=max(caps),
             min_decoding_length=self.options.min_decoding_length,
             sampling_topk=self.options.sampling_topk,
             sampling_temperature=self.options.sampling_temperature,
             suppress_sequences=self.suppress_sequences,
             return_scores=False,
+            callback=stop_at_own_cap if stop_each and len(set(caps)) > 1 else None,
         )
-        seconds = time.perf_counter() - start
-        hyps = [r.hypotheses[0][len(prefix):] if prefix else r.hypotheses[0] for r in results]
-        self.stats.add(segments=len(batch), source_tokens=sum(i.length for i in batch),
-                       target_tokens=sum(len(h) for h in hyps), seconds=seconds)
-        return self._tokenizer.decode(hyps)
+        return [list(r.hypotheses[0]) for r in results]
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_type": self.compute_type, "device": self.device,
@@ -314,3 +354,15 @@ def _load_tokenizer(model_dir: str, manifest: dict, source_lang: str, target_lan
         raise OptionError("source_lang/target_lang", (source_lang, target_lang),
                           "a multilingual model needs both languages")
     return _HFTokenizer(folder, source_lang, target_lang, str(tok.get("language_tokens", "m2m100")))
+
+
+def _cap_groups(caps: list[int], spread: float = 2.0) -> list[list[int]]:
+    """Indices of ``caps`` grouped so that within a group the largest cap is at most ``spread``
+    times the smallest (sorted by cap; each index in exactly one group)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(caps)), key=lambda i: caps[i]):
+        if groups and caps[i] <= spread * caps[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

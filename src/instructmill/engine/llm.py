@@ -14,7 +14,13 @@ Every backend gets, from :class:`LLMBackend`:
 * stop strings cut from the text (never leaked), on every backend,
 * results in input order, matched by request index (never by prompt text: duplicate prompts
   are common in this work),
-* requests fed to the engine in chunks of ``chunk_size``, so memory stays bounded.
+* requests fed to the engine in chunks of ``chunk_size``, so memory stays bounded; on engines that
+  pad a batch and keep its whole KV cache (CTranslate2, transformers: ``budget_batching = True``)
+  each chunk is cut further into length-sorted batches under a token budget
+  (``max_batch_tokens``, cost of a request = prompt tokens + ``max_tokens``) by the shared
+  :mod:`~instructmill.engine.scheduler`, and results stream out as batches finish;
+* :meth:`LLMBackend.window_tokens`: how much work a method should hand over at once so its
+  output reaches the writer batch by batch (:func:`~instructmill.engine.scheduler.budget_windows`).
 
 Sampling option names are vLLM's ``SamplingParams`` names; engine options are vLLM's ``LLM``
 arguments, mapped onto CTranslate2 and transformers by each backend.
@@ -23,10 +29,12 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Sequence, Union
 
 from ..errors import OptionError
+from .scheduler import BatchingOptions, WorkItem, make_batches
 
 #: A prompt: plain text (sent as is, the tokenizer adds BOS), chat ``messages``
 #: (``[{"role": "user", "content": "..."}]``) rendered with the model's chat template, or token ids
@@ -133,6 +141,10 @@ class LLMEngineOptions:
         threads: CPU threads of the CTranslate2 / transformers engine (``None`` = all cores). An
             LLM engine is one replica, so one count; translation engines split theirs into
             ``inter_threads`` replicas x ``intra_threads`` each.
+        max_batch_tokens: CTranslate2 / transformers: most token slots in one engine batch, counted
+            as requests x (longest prompt + ``max_tokens``), as these engines pad a batch and hold its
+            KV cache until the batch ends (vLLM pages its cache and ignores this). Without it, 40
+            long Humpback prompts went to one CTranslate2 batch: 7.7 GB and rising (measured).
         base_url: an OpenAI-compatible server's URL, e.g. ``http://127.0.0.1:8000/v1`` (backend
             ``openai``).
         api_key_env: the environment variable holding the server's API key (``openai``; none is
@@ -157,6 +169,7 @@ class LLMEngineOptions:
     compute_type: str = "auto"
     enforce_eager: bool | None = None
     threads: int | None = None
+    max_batch_tokens: int = 8192
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 64
@@ -184,6 +197,8 @@ class LLMEngineOptions:
             raise OptionError("tensor_parallel_size", self.tensor_parallel_size, "must be a positive integer")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise OptionError("chunk_size", self.chunk_size, "must be a positive integer")
+        if not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
+            raise OptionError("max_batch_tokens", self.max_batch_tokens, "must be a positive integer")
 
 
 @dataclass
@@ -271,7 +286,9 @@ class LLMBackend(ABC):
     """Base of every LLM backend (see the module docstring for what it guarantees).
 
     Subclasses set ``name``, ``model`` (id or path, for provenance), ``tokenizer`` (an HF
-    tokenizer) and ``max_model_len``, and implement :meth:`_generate`.
+    tokenizer) and ``max_model_len``, and implement :meth:`_generate`. Engines that pad a batch
+    and keep its memory until the batch ends set ``budget_batching = True``: :meth:`_generate`
+    then gets batches of at most ``max_num_seqs`` requests and ``max_batch_tokens`` token slots.
     """
 
     name: str = "llm"
@@ -282,6 +299,7 @@ class LLMBackend(ABC):
     #: prompts are tokenized here; ``False``: the engine takes text / messages and counts tokens
     #: itself (server backends), and a prompt too long comes back as a per-request status
     tokenizes_locally: bool = True
+    budget_batching: bool = False
 
     def __init__(self, options: LLMEngineOptions | None = None):
         self.options = options or LLMEngineOptions()
@@ -318,6 +336,21 @@ class LLMBackend(ABC):
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Prompt length in tokens, as :meth:`generate` will count it (0 for an empty prompt)."""
+        return 0 if self.is_empty(prompt) else len(self.encode_prompt(prompt))
+
+    def window_tokens(self) -> int | None:
+        """How many tokens of work (prompt + new tokens, summed over requests) a method should
+        hand to :meth:`generate` at once, or ``None`` for no limit beyond its record count.
+
+        Budget-batching engines: two engine batches (``2 * max_batch_tokens``), so a method's
+        output reaches its writer every couple of batches instead of after the whole window
+        (the measured fault: nothing written after 32 min for 40 long Humpback records on
+        CTranslate2). vLLM schedules and pages memory itself: ``None``.
+        """
+        return 2 * self.options.max_batch_tokens if self.budget_batching else None
 
     # -------------------------------------------------------------- generate
     def generate(self, prompts: Sequence[Prompt],
@@ -395,22 +428,25 @@ class LLMBackend(ABC):
                 seed = None if params.greedy else (
                     params.seed + i if params.seed is not None else self._seed_rng.randrange(2**31))
                 requests.append(Request(index, ids, replace(one, seed=seed), prompt=prompt))
-        if requests:
+        remaining = Counter(r.index for r in requests)
+        pending = deque(index for index, _, _ in chunk)
+        for batch in self._engine_batches(requests):
             start = time.perf_counter()
-            samples = self._generate(requests)
+            samples = self._generate(batch)
             self.stats["seconds"] += time.perf_counter() - start
-            if len(samples) != len(requests):
-                raise RuntimeError(f"{self.name} returned {len(samples)} samples for {len(requests)} requests")
-            failed: set[int] = set()
-            for request, sample in zip(requests, samples):
+            if len(samples) != len(batch):
+                raise RuntimeError(f"{self.name} returned {len(samples)} samples for {len(batch)} requests")
+            for request, sample in zip(batch, samples):
                 result = results[request.index]
+                remaining[request.index] -= 1
                 self.stats["requests"] += 1
                 if sample.prompt_tokens is not None:
                     result.prompt_tokens = sample.prompt_tokens
                 self.stats["prompt_tokens"] += result.prompt_tokens
                 if sample.status != STATUS_OK:  # a server refused it: the prompt's status, no samples
-                    failed.add(request.index)
-                    result.status, result.detail = sample.status, sample.detail
+                    result.status, result.detail, result.samples = sample.status, sample.detail, []
+                    continue
+                if result.status != STATUS_OK:  # an earlier sample of this prompt was refused
                     continue
                 text, stopped = cut_at_stop(sample.text, request.params.stop)
                 if stopped:
@@ -418,10 +454,27 @@ class LLMBackend(ABC):
                 sample.seed = request.params.seed
                 result.samples.append(sample)
                 self.stats["output_tokens"] += sample.output_tokens
-            for index in failed:
-                results[index].samples = []
-        for index, _, _ in chunk:
-            yield results[index]
+            while pending and remaining[pending[0]] <= 0:  # stream what is complete, in input order
+                yield results.pop(pending.popleft())
+        for index in pending:
+            yield results.pop(index)
+
+    def _engine_batches(self, requests: list[Request]) -> Iterator[list[Request]]:
+        """The engine calls for one chunk: all of it (vLLM, servers), or length-sorted batches under
+        the token budget (``budget_batching``). A request's cost is its prompt plus ``max_tokens``;
+        inside a batch, requests keep their order (a prompt's samples stay in seed order)."""
+        if not requests:
+            return
+        if not self.budget_batching:
+            yield requests
+            return
+        options = BatchingOptions(max_batch_size=self.options.max_num_seqs,
+                                  max_batch_tokens=self.options.max_batch_tokens,
+                                  sort_window=max(len(requests), self.options.max_num_seqs))
+        items = (WorkItem(i, len(r.prompt_ids) + r.params.max_tokens, r) for i, r in enumerate(requests))
+        for batch in make_batches(items, options):
+            batch.sort(key=lambda item: item.index)
+            yield [item.payload for item in batch]
 
     @abstractmethod
     def _generate(self, requests: list[Request]) -> list[Sample]:

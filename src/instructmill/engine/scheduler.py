@@ -2,7 +2,10 @@
 
 The scheduler turns a stream of work items into engine batches. It imports no
 engine: it only sees ``(index, length, payload)`` items, so it is shared by the
-CTranslate2, Bergamot and (later) LLM backends and is property-tested on its own.
+CTranslate2 and Bergamot translation backends and the CTranslate2 / transformers LLM backends
+(:class:`~instructmill.engine.llm.LLMBackend` with ``budget_batching``), and is property-tested
+on its own. :func:`budget_windows` cuts a record stream into consecutive windows under a token
+budget, for methods that must hand work over in pieces small enough to stream their output.
 
 What it guarantees (see ``tests/test_scheduler.py``):
 
@@ -224,3 +227,35 @@ def run_in_order(items: Iterable[WorkItem[P]], run_batch: Callable[[list[P]], li
         yield from ordered.pop_ready()
     if ordered.pending:
         raise ValueError(f"{ordered.pending} results never became contiguous (indices must be 0..n-1)")
+
+
+T = TypeVar("T")
+
+
+def budget_windows(items: Iterable[T], cost: Callable[[T], int], *, max_items: int,
+                   max_cost: int | None = None) -> Iterator[list[T]]:
+    """Consecutive windows of ``items`` in input order (nothing dropped, reordered or doubled).
+
+    A window holds at most ``max_items`` items and, when ``max_cost`` is given, items whose
+    ``cost`` sums to at most ``max_cost`` (tokens of engine work, say); an item costing more than
+    ``max_cost`` on its own travels alone. ``cost`` is called once per item, as items arrive, so
+    memory is bounded by one window whatever the stream's length.
+
+    Raises:
+        OptionError: ``max_items`` or ``max_cost`` is not a positive integer.
+    """
+    if not isinstance(max_items, int) or max_items < 1:
+        raise OptionError("max_items", max_items, "must be a positive integer")
+    if max_cost is not None and (not isinstance(max_cost, int) or max_cost < 1):
+        raise OptionError("max_cost", max_cost, "must be a positive integer")
+    window: list[T] = []
+    total = 0
+    for item in items:
+        item_cost = max(0, cost(item)) if max_cost is not None else 0
+        if window and (len(window) >= max_items or (max_cost is not None and total + item_cost > max_cost)):
+            yield window
+            window, total = [], 0
+        window.append(item)
+        total += item_cost
+    if window:
+        yield window

@@ -1,7 +1,8 @@
 """transformers backend: the reference the fast backends are checked against.
 
-Greedy requests are batched (left padding, attention mask); sampled requests run one at a
-time after ``torch.manual_seed(seed)``, which makes each sample reproducible from its seed.
+Greedy requests are batched (left padding, attention mask) within the base class's token-budget
+batches (``LLMEngineOptions.max_batch_tokens``); sampled requests run one at a time after
+``torch.manual_seed(seed)``, which makes each sample reproducible from its seed.
 Correctness over speed: this backend exists to tell whether vLLM and CTranslate2 are right.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ class TransformersLLMBackend(LLMBackend):
     """
 
     name = "transformers"
+    budget_batching = True  # pads each batch and keeps its KV cache to the end
 
     def __init__(self, model: str, options: LLMEngineOptions | None = None):
         super().__init__(options)

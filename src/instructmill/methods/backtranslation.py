@@ -10,7 +10,7 @@ meaning stays. This module does the parts that make it usable on real instructio
 * protection: code, URLs, ``{placeholders}`` and numbers come back byte-identical, or the
   record gets ``status: "placeholder_lost"``;
 * limits: over-long sentences are split, never cut; unsplittable ones give ``input_too_long``;
-* quality: empty, looping, far-off-length or unchanged outputs get a status
+* quality: empty, looping (in the pivot or the output), far-off-length or unchanged outputs get a status
   (:mod:`~instructmill.methods.quality`) and stay out of the main output;
 * throughput: all segments of a chunk of records go through
   :func:`~instructmill.engine.chain.translate_chain` at once (identical segments once,
@@ -35,7 +35,7 @@ from ..engine.translation import TranslationBackend
 from ..errors import OptionError, RecordError
 from ..iterutil import ChunkSizer
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
-from .quality import QualityOptions, check_paraphrase, worst_status
+from .quality import QualityOptions, check_round_trip, worst_status
 from .segmentation import Document, Segmenter
 
 
@@ -83,7 +83,8 @@ class Paraphrase:
         text: the round-trip text (the paraphrase when ``status == "ok"``).
         status: ``"ok"`` or a reason from :mod:`~instructmill.methods.quality`.
         pivot: pivot language; ``pivot_text``: the text in that language.
-        detail: e.g. ``{"lost": [...]}`` or ``{"tokens": 812, "max_input_tokens": 510}``.
+        detail: e.g. ``{"lost": [...]}``, ``{"tokens": 812, "max_input_tokens": 510}`` or, for
+            ``degenerate``, ``{"hop": "pivot", "reason": "2-gram 'de la' repeated 9 times in a row ..."}``.
     """
 
     source: str
@@ -189,10 +190,10 @@ class BackTranslator:
         pivot_text, _ = doc.render([h[0] for h in hops])
         if lost:
             return Paraphrase(source, final, "placeholder_lost", pivot, pivot_text, {"lost": lost})
-        status = check_paraphrase(source, final, self.options.quality) if doc.segments else None
-        if status is None and not doc.segments:
-            status = None  # nothing translatable: passed through unchanged
-        return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text)
+        if not doc.segments:  # nothing translatable: passed through unchanged
+            return Paraphrase(source, final, STATUS_OK, pivot, pivot_text)
+        status, detail = check_round_trip(source, pivot_text, final, self.options.quality)
+        return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text, detail)
 
     # --------------------------------------------------------------- records
     def settings(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from .llm_parsing import extract_json, parse_score, strip_label
 from .prompts import render
 from .seeding import stable_seed as _seed
 from .structured import SCORE_SCHEMA, use_structured
-from ..iterutil import chunked
+from ..engine.scheduler import budget_windows
 from .tally import Tally
 
 __all__ = ["Humpback", "HumpbackOptions", "clean_instruction"]
@@ -73,7 +73,8 @@ class HumpbackOptions:
         max_text_chars: cut texts longer than this before prompting (``None`` = no cut; an
             over-long prompt then gets ``status="prompt_too_long"``).
         seed: seed of every sample (per record: derived from the record id).
-        records_per_batch: records sent to the model together.
+        records_per_batch: most records sent to the model together (CTranslate2 and transformers
+            also stop a window at ``LLMBackend.window_tokens()`` tokens of work, so output streams).
         structured: rate as JSON ``{"reason", "score"}`` constrained by a JSON schema
             (:data:`~instructmill.methods.structured.SCORE_SCHEMA`); ``None`` = when the backend
             supports it (vLLM, openai). Replaces ``curation_style``'s free-text score line.
@@ -148,6 +149,7 @@ class Humpback:
         self.summary = Tally({"records": 0, "ok": 0, "discarded": {}, "scores": {},
                               "output_tokens": 0, "seconds": 0.0, "parse_attempts": 0, "parse_ok": 0,
                               "structured": int(self.structured)})
+        self._overheads: tuple[int, int] | None = None
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the results (for the run state / resume check)."""
@@ -180,7 +182,10 @@ class Humpback:
         """Back-translate and curate every record; yields one OutputRecord per input, in order.
 
         ``records``: any iterable (streamed) of InputRecord or plain dicts of fields (converted
-        as a file row would be; see :func:`instructmill.arguments.input_records`).
+        as a file row would be; see :func:`instructmill.arguments.input_records`). Records go to the
+        model in windows of at most ``records_per_batch`` records and, on engines that batch by a
+        token budget (CTranslate2, transformers), of at most ``llm.window_tokens()`` tokens of work
+        (:meth:`record_cost`), so each window's records are written before the next window starts.
 
         Raises:
             ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
@@ -189,8 +194,44 @@ class Humpback:
         return self._process(input_records(records))
 
     def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        for chunk in chunked(records, self.options.records_per_batch):
+        windows = budget_windows(records, self.record_cost, max_items=self.options.records_per_batch,
+                                 max_cost=self.llm.window_tokens())
+        for chunk in windows:
             yield from self._chunk(chunk)
+
+    def record_cost(self, record: InputRecord) -> int:
+        """Tokens of engine work ``record`` costs in its larger request: the prompt template around
+        the text, the text (cut at ``max_text_chars``) and the most new tokens of the stage.
+        A record whose text cannot be read costs 0 (it never reaches the model)."""
+        try:
+            text = self.text_of(record).strip()
+        except RecordError:
+            return 0
+        if self.options.max_text_chars is not None:
+            text = text[:self.options.max_text_chars]
+        if self._overheads is None:
+            self._overheads = self._template_overheads()
+        return self.llm.count_tokens(text) + max(self._overheads)
+
+    def _template_overheads(self) -> tuple[int, int]:
+        """Prompt tokens around the text, plus new tokens, of (instruction, curation) requests."""
+        opts = self.options
+        if opts.instruction_style == "fewshot":
+            instruction_prompt: Any = render("humpback_fewshot", response="")
+        else:
+            instruction_prompt = [{"role": "user", "content": render("humpback_instruction", response="")}]
+        cost = self.llm.count_tokens(instruction_prompt) + opts.generation.max_tokens
+        if not opts.curate:
+            return cost, 0
+        rubric = render("humpback_rubric")
+        if opts.curation_style == "paper":
+            curation_prompt: Any = [{"role": "user", "content": render(
+                "humpback_score", rubric=rubric, instruction="", response="")}]
+        else:
+            curation_prompt = render("humpback_score_direct", rubric=rubric, instruction="", response="")
+        # the generated instruction enters the curation prompt: at most generation.max_tokens
+        return cost, (self.llm.count_tokens(curation_prompt) + opts.generation.max_tokens
+                      + opts.curation.max_tokens)
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
         opts = self.options

@@ -252,6 +252,7 @@ class _LLMClient(LLMBackend):
         # what the engine can do decides how prompts are built and sent (class attributes there)
         self.tokenizes_locally = backend.tokenizes_locally
         self.supports_json_schema = backend.supports_json_schema
+        self.budget_batching = backend.budget_batching
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
