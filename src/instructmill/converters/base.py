@@ -321,7 +321,7 @@ def convert_model(
     if report is not None and not report.passed:
         advice = ""
         if quantization != "float32" and report.float32_exact_matches == report.sentences:
-            advice = f" To convert it anyway, {refusal_advice(quantization)}."
+            advice = f" Instead, {refusal_advice(quantization)}."
         raise VerificationError(
             f"refusing the conversion of {resolved.source}: {report.detail}.{advice} The folder "
             f"{output} is marked as failed (verification.passed = false) and will not be loaded")
