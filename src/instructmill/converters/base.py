@@ -16,22 +16,23 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConversionError, OptionError, VerificationError
+from .fidelity import LIMITS, Limits, measure, refusal_advice
 from .manifest import MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
 from .registry import Converter, find_converter
 from .resolve import ResolvedModel, resolve_model
 from .verify import (
     DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_MIN_TOKEN_AGREEMENT,
     DEFAULT_SENTENCES,
     VerificationReport,
     compare_ct2,
     cpu_compute_type,
+    fidelity_inputs,
     reference_outputs,
 )
 
@@ -185,7 +186,7 @@ def convert_model(
     source_lang: str | None = None,
     target_lang: str | None = None,
     local_files_only: bool | None = None,
-    min_token_agreement: float = DEFAULT_MIN_TOKEN_AGREEMENT,
+    min_token_agreement: float | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> ConversionResult:
     """Convert an HF translation model or decoder-only LLM to a verified CTranslate2 folder.
@@ -215,7 +216,9 @@ def convert_model(
             multilingual models (M2M100/NLLB language tokens, OPUS-MT ``>>xx<<`` tokens). For
             ``opus-mt-xx-yy`` names they are parsed from the name when not given.
         local_files_only: hub ids from the local HF cache only; ``None`` follows HF_HUB_OFFLINE.
-        min_token_agreement: lowest token agreement accepted for quantized types (0..1).
+        min_token_agreement: lowest token agreement with float32 accepted for quantized types
+            (0..1; teacher-forced top-1 for decoder LLMs); ``None``: the calibrated
+            ``LIMITS[kind]`` of :mod:`~.fidelity`, whose other limits apply either way.
         max_new_tokens: output limit per verification sentence.
 
     Returns:
@@ -229,14 +232,15 @@ def convert_model(
             without ``trust_remote_code``, output folder exists without ``force``, or
             CTranslate2 failed.
         VerificationError: the converted model's output differs from transformers (float32 not
-            identical, or quantized agreement below ``min_token_agreement``). The output folder
+            identical), or a quantized model strays too far from float32 (see
+            :mod:`~.fidelity`; the message names ``--quantization float32``). The output folder
             is still written, with ``verification.passed = false`` and the reason.
     """
     started = time.perf_counter()
     if quantization not in QUANTIZATIONS:
         raise OptionError("quantization", quantization,
                           f"must be one of {', '.join(QUANTIZATIONS)}")
-    if not 0.0 <= float(min_token_agreement) <= 1.0:
+    if min_token_agreement is not None and not 0.0 <= float(min_token_agreement) <= 1.0:
         raise OptionError("min_token_agreement", min_token_agreement, "must be between 0 and 1")
     if int(max_new_tokens) < 1:
         raise OptionError("max_new_tokens", max_new_tokens, "must be at least 1")
@@ -315,8 +319,11 @@ def convert_model(
         shutil.rmtree(work, ignore_errors=True)
 
     if report is not None and not report.passed:
+        advice = ""
+        if quantization != "float32" and report.float32_exact_matches == report.sentences:
+            advice = f" Instead, {refusal_advice(quantization)}."
         raise VerificationError(
-            f"refusing the conversion of {resolved.source}: {report.detail}. The folder "
+            f"refusing the conversion of {resolved.source}: {report.detail}.{advice} The folder "
             f"{output} is marked as failed (verification.passed = false) and will not be loaded")
     return ConversionResult(output_dir=output, manifest=manifest, verification=report,
                             model_dir=model_dir, seconds=time.perf_counter() - started)
@@ -324,9 +331,10 @@ def convert_model(
 
 def _verify(model_dir: Path, staged: Path, work: Path, converter: Converter, tokenizer: Any,
             sentences: list[str], languages: dict | None, decoding: dict[str, Any],
-            quantization: str, trust_remote_code: bool, min_agreement: float,
+            quantization: str, trust_remote_code: bool, min_agreement: float | None,
             max_new_tokens: int) -> VerificationReport:
-    """Float32: exact match required. Quantized: float32 conversion exact + agreement check."""
+    """Float32: exact match with transformers required. Quantized: the float32 conversion
+    exact, and the quantized model within ``LIMITS[kind]`` of it (:func:`~.fidelity.measure`)."""
     ref = reference_outputs(model_dir, converter, tokenizer, sentences, languages,
                             decoding=decoding, max_new_tokens=max_new_tokens,
                             trust_remote_code=trust_remote_code)
@@ -347,21 +355,22 @@ def _verify(model_dir: Path, staged: Path, work: Path, converter: Converter, tok
     _ct2_convert(model_dir, f32_dir, "float32", converter, trust_remote_code, ())
     exact = compare_ct2(f32_dir, ref, "float32")
     compute_type = cpu_compute_type(quantization)
-    quant = compare_ct2(staged, ref, compute_type)
+    limits: Limits = LIMITS[converter.kind]
+    if min_agreement is not None:
+        limits = replace(limits, min_token_agreement=float(min_agreement))
+    fid = measure(f32_dir, staged, compute_type, fidelity_inputs(ref))
     f32_ok = exact.exact_matches == exact.sentences
-    q_ok = quant.token_agreement >= min_agreement
+    problems = fid.problems(limits)
     parts = [f"float32 conversion: {exact.exact_matches}/{exact.sentences} sentences identical "
              "to transformers greedy output"
              + ("" if f32_ok else " (must be all; " + "; ".join(exact.mismatches) + ")"),
-             f"{quantization} (compute type {compute_type}): {quant.exact_matches}/"
-             f"{quant.sentences} identical, token agreement {quant.token_agreement:.3f} "
-             + (f"(teacher-forced; prefix agreement {quant.prefix_agreement:.3f}) "
-                if converter.kind == "generation" and quant.prefix_agreement is not None
-                else "")
-             + f"(minimum {min_agreement})"
-             + ("" if q_ok else " - too low; " + "; ".join(quant.mismatches[:3]))]
-    return VerificationReport(passed=f32_ok and q_ok, compute_type=compute_type,
-                              sentences=quant.sentences, exact_matches=quant.exact_matches,
-                              token_agreement=quant.token_agreement, detail="; ".join(parts),
+             f"{quantization} (compute type {compute_type}) {fid.summary()}"
+             + (" - too far: " + "; ".join(problems + list(fid.differences[:2]))
+                if problems else "")]
+    return VerificationReport(passed=f32_ok and not problems, compute_type=compute_type,
+                              sentences=fid.sentences, exact_matches=fid.exact_matches,
+                              token_agreement=fid.token_agreement, detail="; ".join(parts),
                               float32_exact_matches=exact.exact_matches,
-                              min_token_agreement=min_agreement, languages=langs)
+                              min_token_agreement=limits.min_token_agreement, languages=langs,
+                              reference="float32", fidelity=fid.to_dict(),
+                              limits=asdict(limits))

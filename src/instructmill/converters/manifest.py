@@ -19,7 +19,10 @@ Shape (format ``instructmill-ct2/1``; readers rely on these keys)::
      "created": "2026-11-29T21:14:00Z"}
 
 ``verification.passed`` is ``true`` (verified), ``false`` (verification failed: the model is
-refused) or ``null`` (conversion ran with ``verify=False``).
+refused) or ``null`` (conversion ran with ``verify=False``). A quantized conversion's
+``verification`` also holds ``fidelity`` and ``limits`` (:mod:`.fidelity`). Loaders add
+``compute_checks`` (``{"int8_float32@AVX2/ctranslate2-4.8.5": {"passed": ..., ...}}``) when the
+folder runs with a compute type other than the verified one (:mod:`.load_check`).
 """
 from __future__ import annotations
 

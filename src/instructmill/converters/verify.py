@@ -8,7 +8,10 @@ suppressed tokens; the output token ids are compared.
   transformers greedy output exactly; see ``shared/notes/engines.md``).
 * quantized types (int8, float16, ...): exact equality is not expected. The float32 conversion of
   the same model must still be exact (that checks the conversion itself), and the quantized
-  model's **token agreement** with HF must reach ``min_token_agreement``.
+  model must follow that float32 model closely on the verification text: free-running greedy
+  output, teacher-forced log-probabilities of float32's output, and (decoder LLMs)
+  teacher-forced top-1 agreement (see :mod:`instructmill.converters.fidelity`, whose
+  ``LIMITS`` were calibrated on healthy and damaged models on several instruction sets).
 
 Token agreement of one sentence = length of the common prefix of the two outputs / length of the
 longer output (after the first difference, greedy continuations are conditioned on different
@@ -22,10 +25,8 @@ Decoder-only LLMs (converter kind ``"generation"``): each prompt runs alone in t
 (``generate(max_new_tokens=N)``, greedy, no padding), and the batch runs in CTranslate2
 ``Generator.generate_batch(max_length=N, sampling_topk=1, include_prompt_in_result=False,
 end_token=<every eos token>)``; the new tokens (up to the first eos, excluded) are compared the
-same way. For quantized LLMs the agreement is *teacher-forced* (see
-:func:`teacher_forced_agreement`): long free-running outputs part at the first near-tie
-(measured: SmolLM2-135M int8 stays fluent and follows the float32 answer, but its prefix
-agreement over 48 tokens is 0.14).
+same way; where they differ, ``token_agreement`` is *teacher-forced* (see
+:func:`teacher_forced_agreement`): long free-running outputs part at the first near-tie.
 """
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fidelity import LIMITS, FidelityInputs
 from .registry import Converter, VerificationBatch
 
 __all__ = ["DEFAULT_SENTENCES", "DEFAULT_MIN_TOKEN_AGREEMENT", "DEFAULT_MAX_NEW_TOKENS",
            "Reference", "Comparison", "VerificationReport", "reference_outputs", "compare_ct2",
-           "token_agreement", "teacher_forced_agreement", "cpu_compute_type"]
+           "token_agreement", "teacher_forced_agreement", "cpu_compute_type", "fidelity_inputs"]
 
 #: Default verification sentences (English; the check is about engine equivalence, not quality).
 DEFAULT_SENTENCES: tuple[str, ...] = (
@@ -52,11 +54,10 @@ DEFAULT_SENTENCES: tuple[str, ...] = (
     "If the train is late, call me from the station and I will pick you up.",
     "Water boils at 100 degrees Celsius at sea level.",
 )
-#: Lowest token agreement accepted for quantized models. Measured int8 agreement (30 sentences,
-#: 48 tokens): 1.0 on the tiny test models, 0.967 on a random opus-mt-en-de-shaped model; a broken
-#: quantization (e.g. output collapsing into repetition) diverges within the first tokens and
-#: scores far lower. 0.6 leaves room for the early divergences a real model's near-ties cause.
-DEFAULT_MIN_TOKEN_AGREEMENT = 0.6
+#: Lowest token agreement (vs float32) accepted for quantized translation models; decoder LLMs
+#: use ``LIMITS["generation"]``. The figures behind it are in
+#: :data:`instructmill.converters.fidelity.LIMITS`.
+DEFAULT_MIN_TOKEN_AGREEMENT = LIMITS["translation"].min_token_agreement
 #: Output limit per sentence during verification (CTranslate2 ``max_decoding_length``).
 DEFAULT_MAX_NEW_TOKENS = 48
 
@@ -111,7 +112,13 @@ class Comparison:
 
 @dataclass(frozen=True)
 class VerificationReport:
-    """Outcome of verification, as recorded in the manifest's ``verification`` entry."""
+    """Outcome of verification, as recorded in the manifest's ``verification`` entry.
+
+    ``reference`` is ``"transformers"`` for float32 conversions and ``"float32"`` for quantized
+    ones (compared with the float32 conversion, itself checked against transformers);
+    ``fidelity`` holds the quantized model's measures and ``limits`` the thresholds applied
+    (:mod:`instructmill.converters.fidelity`).
+    """
 
     passed: bool
     compute_type: str
@@ -123,6 +130,8 @@ class VerificationReport:
     min_token_agreement: float | None = None
     languages: dict[str, Any] | None = None
     reference: str = "transformers"
+    fidelity: dict[str, Any] | None = None
+    limits: dict[str, float] | None = None
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest's ``verification`` dict (required keys first)."""
@@ -138,6 +147,10 @@ class VerificationReport:
             out["min_token_agreement"] = self.min_token_agreement
         if self.languages:
             out["languages"] = self.languages
+        if self.fidelity is not None:
+            out["fidelity"] = self.fidelity
+        if self.limits is not None:
+            out["limits"] = self.limits
         return out
 
 
@@ -159,6 +172,15 @@ def cpu_compute_type(quantization: str) -> str:
     if quantization == "int16" and "int16" in supported:
         return "int16"
     return "float32"
+
+
+def fidelity_inputs(ref: Reference) -> FidelityInputs:
+    """The reference's inputs and decoding settings, for :func:`~.fidelity.measure`."""
+    return FidelityInputs(kind=ref.kind, source_tokens=ref.batch.source_tokens,
+                          target_prefix=ref.batch.target_prefix, end_tokens=ref.end_tokens,
+                          max_new_tokens=ref.max_decoding_length,
+                          suppress_sequences=ref.suppress_sequences or None,
+                          options=ref.options or None)
 
 
 def token_agreement(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:

@@ -51,6 +51,8 @@ class CTranslate2GeneratorBackend(LLMBackend):
             "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
         compute_type = opts.compute_type if opts.compute_type != "auto" else (
             "float32" if device == "cpu" else "float16")
+        compute_type = _checked_compute_type(self.model_dir, self.manifest, compute_type,
+                                             requested=opts.compute_type, device=device)
         threads = opts.threads or os.cpu_count() or 1
         ctranslate2.set_random_seed(opts.seed)
         self.generator = ctranslate2.Generator(str(model_dir), device=device, compute_type=compute_type,
@@ -96,6 +98,32 @@ class CTranslate2GeneratorBackend(LLMBackend):
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_type": self.compute_type, "device": self.device}
+
+
+def _checked_compute_type(model_dir: str, manifest: dict, compute_type: str, *, requested: str,
+                          device: str) -> str:
+    """``compute_type``, checked once against the folder's float32 run when it differs from the
+    verified type (:func:`~instructmill.converters.load_check.checked_compute_type`: refuses
+    an explicit type that strays too far, falls back to float32 for ``auto``)."""
+    from ..converters.decoder import prompt_ids
+    from ..converters.fidelity import FidelityInputs
+    from ..converters.load_check import checked_compute_type
+    from ..converters.verify import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SENTENCES
+
+    def inputs() -> FidelityInputs:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        decoding = manifest.get("decoding") or {}
+        return FidelityInputs(
+            kind="generation",
+            source_tokens=[tok.convert_ids_to_tokens(prompt_ids(tok, s)) for s in DEFAULT_SENTENCES],
+            end_tokens=list(decoding.get("end_token") or []) or None,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+            suppress_sequences=decoding.get("suppress_sequences") or None)
+
+    return checked_compute_type(model_dir, manifest, compute_type, requested=requested, device=device,
+                                inputs=inputs)
 
 
 def _eos_ids(model_dir: str, tokenizer) -> list[int]:

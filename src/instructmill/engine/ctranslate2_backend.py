@@ -207,10 +207,31 @@ class CTranslate2Backend(TranslationBackend):
         self.max_decoding_length = min(cap, int(self.manifest.get("max_input_tokens") or cap))
         self.suppress_sequences = decoding.get("suppress_sequences") or None
         self._tokenizer = _load_tokenizer(self.model_dir, self.manifest, self.source_lang, self.target_lang)
+        self.compute_type = self._checked_compute_type()
         self._translator = get_translator(self.model_dir, device=self.device,
                                           device_index=self.options.device_index,
                                           compute_type=self.compute_type, inter_threads=self.inter_threads,
                                           intra_threads=self.intra_threads)
+
+    def _checked_compute_type(self) -> str:
+        """``self.compute_type``, checked once against the folder's float32 run when it differs
+        from the verified type (:func:`~instructmill.converters.load_check.checked_compute_type`:
+        refuses an explicit type that strays too far, falls back to float32 for ``auto``)."""
+        from ..converters.fidelity import FidelityInputs
+        from ..converters.load_check import checked_compute_type
+        from ..converters.verify import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SENTENCES
+
+        def inputs() -> FidelityInputs:
+            sources = self._tokenizer.encode(list(DEFAULT_SENTENCES))
+            prefix = self._tokenizer.target_prefix
+            return FidelityInputs(kind="translation", source_tokens=sources,
+                                  target_prefix=[list(prefix) for _ in sources] if prefix else None,
+                                  max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+                                  suppress_sequences=self.suppress_sequences)
+
+        return checked_compute_type(self.model_dir, self.manifest, self.compute_type,
+                                    requested=self.options.compute_type, device=self.device,
+                                    inputs=inputs)
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         return [Encoded(tokens, len(tokens)) for tokens in self._tokenizer.encode(texts)]
