@@ -96,7 +96,7 @@ class FakeMT(TranslationBackend):
         return [Encoded(t, len(t.split()) + 1) for t in texts]
 
     def _one(self, text: str) -> str:
-        tag = f"{self.pivot}~"
+        tag = f"{self.pivot}_"  # one word with the tag (a separate tag word would dominate the pivot text)
         if self.forward:
             return " ".join(tag + w for w in text.split(" "))
         words = [w[len(tag):] if w.startswith(tag) else w for w in text.split(" ")]

@@ -36,17 +36,16 @@ import random
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from ..arguments import input_records
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 from .llm_parsing import strip_label
+from .base import RecordMethod
 from .prompts import load_yaml, render
 from .rouge import rouge_l
 from .seeding import stable_seed as _seed
-from ..iterutil import chunked
 from .tally import Tally
 
 __all__ = ["EVOL_OPERATIONS", "EvolOptions", "Evolver", "eliminate"]
@@ -181,7 +180,7 @@ def judge_equal(text: str) -> bool | None:
 
 
 
-class Evolver:
+class Evolver(RecordMethod):
     """Evol-Instruct on one LLM backend.
 
     Args:
@@ -219,23 +218,9 @@ class Evolver:
             return render("evol_breadth", instruction=instruction)
         return render("evol_depth", method=self._methods[operation], instruction=instruction)
 
-    def process(self, records: Iterable[InputRecord | dict[str, Any]]) -> Iterator[OutputRecord]:
-        """Evolve every record ``rounds`` times; yields ``rounds`` OutputRecords per input record
-        (ids ``<id>:evol<t>``), record by record in input order. A record without a usable
-        instruction yields ``invalid_record`` records.
-
-        ``records``: any iterable (streamed) of InputRecord or plain dicts of fields (converted
-        as a file row would be; see :func:`instructmill.arguments.input_records`).
-
-        Raises:
-            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
-                (while iterating) an item is neither an InputRecord nor a dict.
-        """
-        return self._process(input_records(records))
-
-    def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        for chunk in chunked(records, self.options.records_per_batch):
-            yield from self._chunk(chunk)
+    def max_new_tokens(self) -> int:
+        """Every round rewrites and answers: ``rounds x (evolution + response max_tokens)``."""
+        return self.options.rounds * (self.options.evolution.max_tokens + self.options.response.max_tokens)
 
     def _generate(self, prompts: list, params: list) -> list:
         results = self.llm.generate(prompts, params)

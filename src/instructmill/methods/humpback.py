@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from ..arguments import input_records
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from .base import RecordMethod
 from .llm_parsing import extract_json, parse_score, strip_label
 from .prompts import render
 from .seeding import stable_seed as _seed
 from .structured import SCORE_SCHEMA, use_structured
-from ..engine.scheduler import budget_windows
 from .tally import Tally
 
 __all__ = ["Humpback", "HumpbackOptions", "clean_instruction"]
@@ -127,7 +126,7 @@ def clean_instruction(text: str) -> str:
 
 
 
-class Humpback:
+class Humpback(RecordMethod):
     """Instruction back-translation with self-curation on one LLM backend.
 
     Args:
@@ -177,27 +176,6 @@ class Humpback:
             raise RecordError(f"field {name!r} is {what}", record=record.id, line=record.line,
                               field=name, source=record.source)
         return value
-
-    def process(self, records: Iterable[InputRecord | dict[str, Any]]) -> Iterator[OutputRecord]:
-        """Back-translate and curate every record; yields one OutputRecord per input, in order.
-
-        ``records``: any iterable (streamed) of InputRecord or plain dicts of fields (converted
-        as a file row would be; see :func:`instructmill.arguments.input_records`). Records go to the
-        model in windows of at most ``records_per_batch`` records and, on engines that batch by a
-        token budget (CTranslate2, transformers), of at most ``llm.window_tokens()`` tokens of work
-        (:meth:`record_cost`), so each window's records are written before the next window starts.
-
-        Raises:
-            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
-                (while iterating) an item is neither an InputRecord nor a dict.
-        """
-        return self._process(input_records(records))
-
-    def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        windows = budget_windows(records, self.record_cost, max_items=self.options.records_per_batch,
-                                 max_cost=self.llm.window_tokens())
-        for chunk in windows:
-            yield from self._chunk(chunk)
 
     def record_cost(self, record: InputRecord) -> int:
         """Tokens of engine work ``record`` costs in its larger request: the prompt template around
@@ -313,9 +291,9 @@ class Humpback:
                     state["extra"]["detail"] = f"score {score} < threshold {opts.threshold}"
         self.summary.add("seconds", time.perf_counter() - started)
         for state in states:
-            yield self._record(state)
+            yield self._state_record(state)
 
-    def _record(self, state: dict[str, Any]) -> OutputRecord:
+    def _state_record(self, state: dict[str, Any]) -> OutputRecord:
         record: InputRecord = state["record"]
         extra = dict(state["extra"])
         if "raw_instruction" in state and state["status"] != STATUS_OK:

@@ -16,15 +16,14 @@ when the prompt was refused. Works on every LLM backend.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
-from ..iterutil import chunked
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from .base import RecordMethod
 from .llm_parsing import extract_json, parse_score
 from .prompts import render
 from .seeding import stable_seed
@@ -91,7 +90,7 @@ class JudgeOptions:
         return self.rubric.strip()
 
 
-class Judge:
+class Judge(RecordMethod):
     """Scores records 1-5 with one LLM backend (see the module docstring).
 
     Args:
@@ -133,11 +132,6 @@ class Judge:
         text = render("judge", rubric=self.rubric, instruction=instruction, response=answer,
                       ask=_ASK_JSON if self.structured else _ASK_TEXT)
         return [{"role": "user", "content": text}]
-
-    def process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        """Score every record; one OutputRecord per input, in input order."""
-        for chunk in chunked(records, self.options.records_per_batch):
-            yield from self._chunk(chunk)
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
         from ..io.readers import to_example
@@ -197,11 +191,3 @@ class Judge:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         reason = "\n".join(lines[:-1]).strip() if score is not None and len(lines) > 1 else text.strip()
         return score, reason
-
-    def _record(self, rid: str, example: Example, status: str, extra: dict[str, Any]) -> OutputRecord:
-        self.summary.add("records", 1)
-        if status == STATUS_OK:
-            self.summary.add("ok", 1)
-        else:
-            self.summary.add_to("discarded", status)
-        return OutputRecord(rid, example, status, self.method, self.record_settings(), extra)

@@ -25,13 +25,12 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from ..arguments import input_records
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
-from ..iterutil import chunked
+from .base import RecordMethod
 from .tally import Tally
 
 __all__ = ["RespondOptions", "Responder", "respond_seed"]
@@ -76,7 +75,7 @@ def respond_seed(seed: int, record_id: str) -> int:
     return zlib.crc32(f"{seed}:respond:{record_id}".encode("utf-8", "surrogatepass")) & 0x7FFFFFFF
 
 
-class Responder:
+class Responder(RecordMethod):
     """Writes outputs for instructions with one :class:`~instructmill.engine.llm.LLMBackend`.
 
     Args:
@@ -113,22 +112,6 @@ class Responder:
         user_turn = f"{example.instruction.strip()}\n\n{example.input.strip()}".strip()
         out.append({"role": "user", "content": user_turn})
         return out
-
-    def process(self, records: Iterable[InputRecord | dict[str, Any]]) -> Iterator[OutputRecord]:
-        """Answer every record; yields one OutputRecord per input, in input order.
-
-        ``records``: any iterable (streamed) of InputRecord or plain dicts of fields (converted
-        as a file row would be; see :func:`instructmill.arguments.input_records`).
-
-        Raises:
-            ArgumentTypeError: (a ``TypeError``, at call time) ``records`` is a string or one dict;
-                (while iterating) an item is neither an InputRecord nor a dict.
-        """
-        return self._process(input_records(records))
-
-    def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        for chunk in chunked(records, self.options.records_per_batch):
-            yield from self._chunk(chunk)
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
         from ..io.readers import to_example
@@ -180,11 +163,3 @@ class Responder:
         for rec in out:
             assert rec is not None
             yield rec
-
-    def _record(self, rid: str, example: Example, status: str, extra: dict[str, Any]) -> OutputRecord:
-        self.summary.add("records", 1)
-        if status == STATUS_OK:
-            self.summary.add("ok", 1)
-        else:
-            self.summary.add_to("discarded", status)
-        return OutputRecord(rid, example, status, self.method, self.record_settings(), extra)
