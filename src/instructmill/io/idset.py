@@ -21,6 +21,8 @@ from collections.abc import Iterable
 __all__ = ["IdSet", "id_hash"]
 
 _START = 4093
+#: The largest ``expected`` honoured up front (32 MiB of table); beyond it the table grows as ids come.
+MAX_EXPECTED = 3_000_000
 
 
 def id_hash(record_id: str) -> int:
@@ -38,12 +40,17 @@ class IdSet:
         ids: initial ids.
         with_values: keep an integer per id (16 bytes an id instead of 8); without,
             :meth:`get` gives 0 for every id present.
+        expected: how many ids are likely (e.g. estimated from a file's size); the table starts
+            that large (at most :data:`MAX_EXPECTED`), so it is not rebuilt while it fills.
     """
 
-    def __init__(self, ids: Iterable[str] = (), *, with_values: bool = False):
+    def __init__(self, ids: Iterable[str] = (), *, with_values: bool = False, expected: int = 0):
         self.with_values = with_values
-        self._keys = array("Q", bytes(8 * _START))
-        self._values = array("q", bytes(8 * _START)) if with_values else None
+        # sized for `expected` ids at a load of 2/3: no rehash (and no old table beside the new one)
+        # while the estimate holds
+        capacity = max(_START, min(int(expected), MAX_EXPECTED) * 3 // 2 + 1)
+        self._keys = array("Q", bytes(8 * capacity))
+        self._values = array("q", bytes(8 * capacity)) if with_values else None
         self._size = 0
         self.update(ids)
 

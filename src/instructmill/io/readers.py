@@ -243,7 +243,7 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         rows = table_rows(name, fmt)
     else:
         rows = _csv_rows(name, "\t" if fmt == "tsv" else ",")
-    seen = IdSet()  # hashed ids, 8 bytes each: flat memory however long the input (io/idset.py)
+    seen = IdSet(expected=_estimated_rows(name, fmt))  # hashed ids, flat memory (io/idset.py)
     duplicates = 0
     last_line = 0
     while True:
@@ -272,6 +272,21 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
         record = InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
         del obj, raw  # the record alone holds the data while the caller works on it
         yield record
+
+
+def _estimated_rows(name: str, fmt: str) -> int:
+    """Rows a plain JSONL / CSV file likely holds: its size / the mean line length of its first
+    256 KiB (0 for stdin, compressed or other files: the id set then grows as ids come)."""
+    if name == "-" or fmt not in ("jsonl", "csv", "tsv") or name.lower().endswith(".gz"):
+        return 0
+    try:
+        size = os.path.getsize(name)
+        with open(name, "rb") as fh:
+            head = fh.read(1 << 18)
+    except OSError:
+        return 0
+    lines = head.count(b"\n")
+    return int(size * lines / len(head)) + 1 if lines else 1
 
 
 #: Duplicate ids whose first line is looked up (each lookup re-reads the file up to that line).
