@@ -103,3 +103,25 @@ def test_filter_rules_in_order():
                 {"min_words": {"output": 5}, "max_words": {"output": 2}}, {"accept_statuses": []}):
         with pytest.raises(OptionError):
             FilterOptions(**bad)
+
+
+def test_windows_are_sized_by_time_on_engines_that_batch_themselves():
+    from instructmill.methods.base import MIN_WINDOW
+    from instructmill.methods.respond import RespondOptions, Responder
+    from instructmill.records import InputRecord
+
+    sizes = []
+
+    class CountingLLM(FakeLLM):
+        def generate(self, prompts, params=None):
+            sizes.append(len(prompts))
+            return super().generate(prompts, params)
+
+    llm = CountingLLM(lambda prompt, seed: "An answer.")
+    assert llm.window_tokens() is None  # like vLLM: no token budget
+    records = [InputRecord(id=f"r{i}", line=i + 1, fields={"instruction": f"Q{i}?"}, shape="alpaca")
+               for i in range(300)]
+    out = list(Responder(llm, RespondOptions(records_per_batch=256)).process(records))
+    assert [r.id for r in out] == [f"r{i}" for i in range(300)]
+    # a fast engine: windows start at MIN_WINDOW and double up to records_per_batch
+    assert sizes[:3] == [MIN_WINDOW, 2 * MIN_WINDOW, 4 * MIN_WINDOW] and max(sizes) <= 256 and sum(sizes) == 300

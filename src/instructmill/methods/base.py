@@ -9,8 +9,10 @@ window becomes engine requests and how results become records; the base class do
   (:func:`instructmill.arguments.input_records`; a bare string is a ``TypeError``), streamed;
 * windows of at most ``options.records_per_batch`` records and, on engines that batch by a token
   budget (CTranslate2, transformers), at most ``llm.window_tokens()`` tokens of work
-  (:meth:`record_cost`), so each window's records reach the writer before the next window starts
-  (:func:`~instructmill.engine.scheduler.budget_windows`);
+  (:meth:`record_cost`, :func:`~instructmill.engine.scheduler.budget_windows`); on engines that
+  schedule their own batches (vLLM, servers) windows are sized to take about
+  :data:`WINDOW_SECONDS` (:class:`~instructmill.iterutil.ChunkSizer`, at least :data:`MIN_WINDOW`
+  records): each window's records reach the writer before the next window starts;
 * :meth:`_record` builds an output record with the method's provenance and counts it in the
   summary (``records``, ``ok``, ``discarded`` by status).
 
@@ -24,9 +26,15 @@ from typing import Any, Iterable, Iterator
 
 from ..arguments import input_records
 from ..engine.scheduler import budget_windows
+from ..iterutil import ChunkSizer
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 
-__all__ = ["RecordMethod"]
+__all__ = ["MIN_WINDOW", "RecordMethod", "WINDOW_SECONDS"]
+
+#: Seconds a window should take on engines that schedule their own batches (vLLM, servers).
+WINDOW_SECONDS = 8.0
+#: Fewest records in such a window: enough requests in flight for continuous batching to pay.
+MIN_WINDOW = 32
 
 
 class RecordMethod:
@@ -54,8 +62,19 @@ class RecordMethod:
         return self._process(input_records(records))
 
     def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        windows = budget_windows(records, self.record_cost, max_items=self.options.records_per_batch,
-                                 max_cost=self.llm.window_tokens())
+        max_cost = self.llm.window_tokens()
+        if max_cost is not None:
+            windows = budget_windows(records, self.record_cost, max_items=self.options.records_per_batch,
+                                     max_cost=max_cost)
+        else:
+            # engines that schedule their own batches (vLLM, servers): windows sized by time, so a
+            # window of long generations on a CPU does not hold minutes of finished records back
+            # from the writer; on a fast engine they grow to records_per_batch and keep it full
+            sizer = getattr(self, "_window_sizer", None)
+            if sizer is None:
+                sizer = self._window_sizer = ChunkSizer(self.options.records_per_batch, target_seconds=WINDOW_SECONDS,
+                                                        min_size=min(MIN_WINDOW, self.options.records_per_batch))
+            windows = sizer.chunks(records)
         for window in windows:
             yield from self._chunk(window)
 
