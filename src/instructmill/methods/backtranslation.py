@@ -35,6 +35,7 @@ from ..iterutil import ChunkSizer
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
 from .quality import QualityOptions, check_paraphrase, worst_status
 from .segmentation import Document, Segmenter
+from .structure import check_structure
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,9 @@ class BackTranslator:
         pivot_text, _ = doc.render([h[0] for h in hops])
         if lost:
             return Paraphrase(source, final, "placeholder_lost", pivot, pivot_text, {"lost": lost})
+        issue = check_structure(source, final) if doc.segments else None
+        if issue is not None:  # a protected span / shape changed, or a number was added
+            return Paraphrase(source, final, issue.status, pivot, pivot_text, issue.detail())
         status = check_paraphrase(source, final, self.options.quality) if doc.segments else None
         if status is None and not doc.segments:
             status = None  # nothing translatable: passed through unchanged

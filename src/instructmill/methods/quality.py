@@ -5,6 +5,7 @@ the order a record reports them when several apply:
 
 * ``input_too_long``: a piece of the source exceeds the model's limit and cannot be split;
 * ``placeholder_lost``: a protected span (code, URL, ``{placeholder}``, number) did not come back;
+* ``structure_changed`` / ``number_added``: see :mod:`~instructmill.methods.structure`;
 * ``empty_output``: the model produced nothing for a non-empty source;
 * ``degenerate``: the output loops (a word or n-gram repeats far more than in the source),
   the classic failure of neural MT on noisy input (Koehn & Knowles, 2017, "Six Challenges
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 
-STATUS_ORDER = ("input_too_long", "placeholder_lost", "empty_output", "degenerate",
-                "length_mismatch", "unchanged")
+STATUS_ORDER = ("input_too_long", "placeholder_lost", "structure_changed", "number_added", "empty_output",
+                "degenerate", "length_mismatch", "unchanged")
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
