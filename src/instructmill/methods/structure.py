@@ -19,8 +19,9 @@ Statuses:
 
 * ``structure_changed``: a protected span or shape differs between source and output; the
   detail names the ``kind`` (``fenced_code``, ``unfenced_code``, ``json_block``, ``inline_code``,
-  ``url``, ``email``, ``placeholder``, ``html_tag``, ``hashtag``, ``mention``, ``lang_token``,
-  ``emoji``, ``emphasis``, ``table_shape``, ``newlines``) with the ``lost`` and ``added`` spans;
+  ``url``, ``email``, ``placeholder``, ``bracket_placeholder``, ``html_tag``, ``hashtag``,
+  ``mention``, ``lang_token``, ``emoji``, ``emphasis``, ``table_shape``, ``newlines``) with the
+  ``lost`` and ``added`` spans;
 * ``number_added``: the output has a number the source does not have (e.g. ``K740272`` ->
   ``K740272 (R740272)``); numbers *lost* keep the older status ``placeholder_lost``.
 
@@ -47,6 +48,8 @@ _EMOJI = (r"[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF]"
 #: matters: earlier kinds win where spans overlap (an emphasis span may hold a hashtag).
 INLINE_PATTERNS = {
     "inline_json": r"\{\s*\"[^\"\n]*\"\s*:[^\n]*\}",
+    # template slots of letters and forms: "[Your Name]", "[CTA Button: Enroll Now]" (not links)
+    "bracket_placeholder": r"\[[A-Z][^\[\]\n]{0,40}\](?![(\[:])",
     "html_tag": r"<!--.*?-->|</?[A-Za-z][\w:.-]*(?:\s+[^<>\n]*?)?/?>",
     # short emphasis (labels, headings: "**Week 1**", "*Note:*"); longer ones are checked only
     "emphasis": r"(?<![\w*])(\*\*|__)(?=\S)(?:(?!\1)[^\n]){1,60}?(?<=\S)\1(?![\w*])"
@@ -70,16 +73,24 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^(?:return|yield|break|continue|pass|raise|throw)\b(?:\s+[^\s].*)?;?$",
     r"^(?:public|private|protected|static|final|void|int|String|bool)\s[^\n]*[;{)]$",
     r"^(?://|/\*|\*/|<!--|-->)",                              # comments
-    r"^[A-Za-z_$][\w.$]*(?:\[[^\]]*\])?\s*(?:[-+*/%|&^]?=|:=|=>)\s*\S",  # assignment
-    r"^(?:await\s+)?[A-Za-z_$][\w.$]*\([^\n]*\)\s*;?$",        # a call statement: "main()", "print(x)"
+    # assignment, call statement ("main()", "print(x)"); "\_" is markdown-escaped "_" (ShareGPT)
+    r"^[A-Za-z_$](?:[\w.$]|\\_)*(?:\[[^\]]*\])?\s*(?:[-+*/%|&^]?=|:=|=>)\s*\S",
+    r"^(?:await\s+)?[A-Za-z_$](?:[\w.$]|\\_)*\([^\n]*\)\s*;?$",
+    r"^-+>\s*\d+\s|^\d{1,4}\s+[A-Za-z_](?:[\w.$]|\\_)*\s*(?:=|\()",  # traceback source lines
     r"^\"[^\"\n]+\"\s*:\s*\S",                                # a JSON member: "key": value
     r"^<[A-Za-z][\w.-]*(?:\s[^\n]*)?$(?<![^>\s])|^</?[A-Za-z][^\n]*[{=][^\n]*>$",  # markup with code
+    r"^(?:</?[A-Za-z][^<>\n]*>\s*)+$",                        # a line of tags only
+    r'^Traceback \(most recent call last\)|^File "[^"\n]+", line \d+|^[A-Z]\w*(?:Error|Exception):\s',
 )]
 _SEMICOLON_END = re.compile(r";\s*$")
 _CODE_CHARS = re.compile(r"[(){}\[\]=<>\"'.]")
-_JSON_START = re.compile(r"^\s*(?:\{|\[(?![ xX]\]|\d{1,3}\]|[^\]\n]*\]\())")
+_JSON_START = re.compile(r"""^\s*(?:\{|\[\s*(?:$|["'{\[\d-]|true\b|false\b|null\b))""")
+#: A line of a JSON / JS-object / Python-dict literal: a key and a colon, a value, or brackets.
+_DATA_LINE = re.compile(r"""^\s*(?:(?:"[^"\n]*"|'[^'\n]*'|[\w$-]+)\s*:|"|'|-?\d|true\b|false\b|null\b|None\b"""
+                        r"""|True\b|False\b|[\[\]{}(),])""")
 _YAML_LINE = re.compile(r"^\s*(?:- )?[a-z_][\w.-]*:(?:\s|$)")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_PIPE = re.compile(r"(?<!\\)\|")
 _INDENTED = re.compile(r"^(?: {2,}|\t)\S")
 
 
@@ -133,6 +144,19 @@ def _line_kinds(lines: list[str]) -> list[str | None]:
             while j < len(bodies) and "|" in bodies[j] and bodies[j].strip():
                 kinds[j] = "table_body"
                 j += 1
+    # pipe-delimited rows without a separator ("1|ACME LLC|Holding company|"): two or more
+    # consecutive lines with the same number (>= 2) of pipes
+    i = 0
+    while i < len(bodies):
+        pipes = _PIPE.findall(bodies[i])
+        j = i
+        while j < len(bodies) and kinds[j] is None and len(pipes) >= 2 \
+                and len(_PIPE.findall(bodies[j])) == len(pipes):
+            j += 1
+        if j - i >= 2:
+            for k in range(i, j):
+                kinds[k] = "table_body"
+        i = max(j, i + 1)
     # JSON-like blocks: from a line starting with { or [ to the line where the brackets balance
     i = 0
     while i < len(bodies):
@@ -144,8 +168,9 @@ def _line_kinds(lines: list[str]) -> list[str | None]:
                 if depth <= 0:
                     break
             if depth <= 0 or j - i > 1:
+                kind = "json_block" if all(_DATA_LINE.match(b) for b in bodies[i:j] if b.strip()) else "code"
                 for k in range(i, j):
-                    kinds[k] = "json_block"
+                    kinds[k] = kind
                 i = j
                 continue
         i += 1
@@ -248,6 +273,7 @@ def _fences(text: str) -> Counter:
     return Counter(m.group(0).rstrip("\n") for m in FENCE_RE.finditer(text))
 
 
+_SHORT_EMPHASIS = re.compile(INLINE_PATTERNS["emphasis"])
 _TIGHT_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__)(?=\S)[^\n]*?(?<=\S)\1(?![\w*])")
 
 
@@ -256,32 +282,30 @@ def _emphasis(text: str) -> Counter:
     got = Counter(f"{m.group(1)}…{m.group(1)}" for m in _TIGHT_EMPHASIS.finditer(prose))
     for marker in ("**", "__"):
         got[f"{marker} markers"] = prose.count(marker)
+    got.update(m.group(0) for m in _SHORT_EMPHASIS.finditer(prose))  # masked: must come back as they were
     return +got
 
 
 def _table_shapes(text: str) -> Counter:
-    """One entry per table: its header rows byte for byte and the cell count of each body row."""
-    from .segmentation import FENCE_RE
-
+    """One entry per table: its header rows byte for byte and the pipe count of each body row."""
     shapes: Counter = Counter()
     header: list[str] = []
     body: list[int] = []
 
     def flush() -> None:
-        if header:
-            shapes[" / ".join(header) + f" + rows with {body} cells"] += 1
+        if header or body:
+            shapes[" / ".join(header) + f" + rows with {body} pipes"] += 1
         header.clear()
         body.clear()
 
-    prose = FENCE_RE.sub("\n", text)
-    for kind, line in zip(_line_kinds(prose.splitlines(True)), prose.splitlines(True)):
-        row = line.rstrip("\r\n")
+    lines = _without_fences(text).splitlines()
+    for kind, row in zip(_line_kinds(lines), lines):
         if kind == "table_header":
             if body:
                 flush()
             header.append(row)
         elif kind == "table_body":
-            body.append(sum(1 for is_cell, _ in split_cells(row) if not is_cell and _ == "|"))
+            body.append(len(_PIPE.findall(row)))
         else:
             flush()
     flush()
@@ -314,6 +338,7 @@ STRUCTURE_KINDS: dict[str, Callable[[str], Counter]] = {
     "url": _protected("url"),
     "email": _protected("email"),
     "placeholder": _protected("placeholder"),
+    "bracket_placeholder": _inline("bracket_placeholder"),
     "html_tag": _inline("html_tag"),
     "hashtag": _inline("hashtag"),
     "mention": _inline("mention"),
