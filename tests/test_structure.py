@@ -182,6 +182,8 @@ def test_inline_json_is_masked_and_changed_json_is_flagged():
     ("C#", "C #", "lang_token"), ("C++", "C ++", "lang_token"), ("😀", ":)", "emoji"), ("👍🏽", "👍", "emoji"),
     ("**Week 1**", "** Week 1**", "emphasis"), ("*Note:*", "* Note:*", "emphasis"),
     ("[Your Name]", "[Your name]", "bracket_placeholder"),
+    ("<https://x.org/a>", "-https://x.org/a>", "autolink"), ("# 49280", "49280", "hashtag"),
+    ('{object: "student"}', '"object: "student"', "inline_json"),
 ])
 def test_inline_span_kept_byte_identical_and_change_flagged(span, damaged, kind):
     text = f"Open the garden with {span} today."

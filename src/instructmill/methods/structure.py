@@ -19,9 +19,9 @@ Statuses:
 
 * ``structure_changed``: a protected span or shape differs between source and output; the
   detail names the ``kind`` (``fenced_code``, ``unfenced_code``, ``json_block``, ``inline_code``,
-  ``url``, ``email``, ``placeholder``, ``bracket_placeholder``, ``html_tag``, ``hashtag``,
-  ``mention``, ``lang_token``, ``emoji``, ``emphasis``, ``table_shape``, ``newlines``) with the
-  ``lost`` and ``added`` spans;
+  ``url``, ``email``, ``placeholder``, ``bracket_placeholder``, ``inline_json``, ``autolink``,
+  ``html_tag``, ``hashtag``, ``mention``, ``lang_token``, ``emoji``, ``emphasis``, ``table_shape``,
+  ``newlines``) with the ``lost`` and ``added`` spans;
 * ``number_added``: the output has a number the source does not have (e.g. ``K740272`` ->
   ``K740272 (R740272)``); numbers *lost* keep the older status ``placeholder_lost``.
 
@@ -47,7 +47,9 @@ _EMOJI = (r"[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF]"
 #: Inline spans masked (kept byte-identical) besides those of the segmentation module. Order
 #: matters: earlier kinds win where spans overlap (an emphasis span may hold a hashtag).
 INLINE_PATTERNS = {
-    "inline_json": r"\{\s*\"[^\"\n]*\"\s*:[^\n]*\}",
+    # an object / dict literal on one line: {"a": null}, {object: "student"}
+    "inline_json": r"\{\s*\"[^\"\n]*\"\s*:[^\n]*\}|\{[^{}\n]*:[^{}\n]*\}",
+    "autolink": r"<(?:https?|ftp|mailto):[^<>\s]+>",
     # template slots of letters and forms: "[Your Name]", "[CTA Button: Enroll Now]" (not links)
     "bracket_placeholder": r"\[[A-Z][^\[\]\n]{0,40}\](?![(\[:])",
     "html_tag": r"<!--.*?-->|</?[A-Za-z][\w:.-]*(?:\s+[^<>\n]*?)?/?>",
@@ -55,7 +57,7 @@ INLINE_PATTERNS = {
     "emphasis": r"(?<![\w*])(\*\*|__)(?=\S)(?:(?!\1)[^\n]){1,60}?(?<=\S)\1(?![\w*])"
                 r"|(?<![\w*])\*(?=[^\s*])[^*\n]{1,40}?(?<=[^\s*])\*(?![\w*])",
     "lang_token": r"(?<![\w#+])[A-Za-z]{1,2}(?:#|\+\+)(?![\w#+])",
-    "hashtag": r"(?<![\w#&/])#[A-Za-z_][\w-]*",
+    "hashtag": r"(?<![\w#&/])#(?:[A-Za-z_][\w-]*|\s?\d[\w-]*)",  # also a number sign: "#42", "NRD # 49280"
     "mention": r"(?<![\w.@])@[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*",
     "emoji": _EMOJI,
 }
@@ -340,6 +342,8 @@ STRUCTURE_KINDS: dict[str, Callable[[str], Counter]] = {
     "email": _protected("email"),
     "placeholder": _protected("placeholder"),
     "bracket_placeholder": _inline("bracket_placeholder"),
+    "inline_json": _inline("inline_json"),
+    "autolink": _inline("autolink"),
     "html_tag": _inline("html_tag"),
     "hashtag": _inline("hashtag"),
     "mention": _inline("mention"),
