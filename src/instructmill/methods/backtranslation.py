@@ -37,6 +37,7 @@ from ..iterutil import ChunkSizer
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
 from .quality import QualityOptions, check_round_trip, worst_status
 from .segmentation import Document, Segmenter
+from .structure import check_structure
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,9 @@ class BackTranslator:
             return Paraphrase(source, final, "placeholder_lost", pivot, pivot_text, {"lost": lost})
         if not doc.segments:  # nothing translatable: passed through unchanged
             return Paraphrase(source, final, STATUS_OK, pivot, pivot_text)
+        issue = check_structure(source, final)
+        if issue is not None:  # a protected span / shape changed, or a number was added
+            return Paraphrase(source, final, issue.status, pivot, pivot_text, issue.detail())
         status, detail = check_round_trip(source, pivot_text, final, self.options.quality)
         return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text, detail)
 

@@ -5,6 +5,7 @@ the order a record reports them when several apply:
 
 * ``input_too_long``: a piece of the source exceeds the model's limit and cannot be split;
 * ``placeholder_lost``: a protected span (code, URL, ``{placeholder}``, number) did not come back;
+* ``structure_changed`` / ``number_added``: see :mod:`~instructmill.methods.structure`;
 * ``empty_output``: the model produced nothing for a non-empty source;
 * ``degenerate``: the pivot text or the output loops -- an n-gram (n = 1..8) repeated many times
   in a row, or one word making up most of the text -- more than the source does: the classic
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 
-STATUS_ORDER = ("input_too_long", "placeholder_lost", "empty_output", "degenerate",
-                "length_mismatch", "unchanged")
+STATUS_ORDER = ("input_too_long", "placeholder_lost", "structure_changed", "number_added", "empty_output",
+                "degenerate", "length_mismatch", "unchanged")
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 #: Tokens that make up table rules and cells (``| o | o | o |``): a repeated unit holding one is

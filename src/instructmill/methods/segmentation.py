@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
+from .structure import INLINE_PATTERNS, split_blocks, split_cells
+
 #: Fenced code block (``` or ~~~), from the opening fence line to the matching closing fence
 #: (or to the end of the text when it is never closed).
 FENCE_RE = re.compile(r"^([ \t]*)(`{3,}|~{3,})[^\n]*\n(?:.*?\n)??[ \t]*\2[ \t]*(?:\n|$)|^[ \t]*(`{3,}|~{3,}).*\Z",
@@ -38,7 +40,9 @@ PROTECTED_PATTERNS = {
     "email": r"[\w.+-]+@[\w-]+\.[\w.-]*\w",
     "placeholder": r"\{\{.*?\}\}|\$\{[^{}\n]*\}|\{[^{}\s]*\}|%\([A-Za-z_]\w*\)[sd]|%[sd]",
 }
-PROTECTED_RE = re.compile("|".join(f"(?P<{k}>{v})" for k, v in PROTECTED_PATTERNS.items()))
+#: ... plus the spans of :data:`~instructmill.methods.structure.INLINE_PATTERNS` (HTML tags,
+#: hashtags, @mentions, ``C#``, short emphasis, emoji, inline JSON).
+PROTECTED_RE = re.compile("|".join(f"(?:{v})" for v in {**PROTECTED_PATTERNS, **INLINE_PATTERNS}.values()))
 #: Numbers are not masked (models translate "3 apples" better than "XPH0 apples") but checked:
 #: every number of a segment must come back.
 NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
@@ -200,11 +204,31 @@ class Segmenter:
         doc = Document(parts=[], segments=[])
         pos = 0
         for m in FENCE_RE.finditer(text):
-            self._prose(text[pos:m.start()], doc)
+            self._blocks(text[pos:m.start()], doc)
             doc.parts.append(m.group(0))  # code block: byte-identical, never translated
             pos = m.end()
-        self._prose(text[pos:], doc)
+        self._blocks(text[pos:], doc)
         return doc
+
+    def _blocks(self, text: str, doc: Document) -> None:
+        # unfenced code, JSON/YAML blocks and table headers are not prose: byte-identical, never
+        # translated (column names are identifiers the text refers to); table body rows are
+        # translated cell by cell, their pipes and padding kept.
+        for kind, piece in split_blocks(text):
+            if kind is None:
+                self._prose(piece, doc)
+            elif kind == "table_body":
+                for row in piece.splitlines(keepends=True):
+                    body = row.rstrip("\r\n")
+                    for is_cell, cell in split_cells(body):
+                        if is_cell:
+                            self._content(cell, doc)
+                        else:
+                            doc.parts.append(cell)
+                    if row[len(body):]:
+                        doc.parts.append(row[len(body):])
+            else:
+                doc.parts.append(piece)
 
     def _prose(self, text: str, doc: Document) -> None:
         for line in text.splitlines(keepends=True):
