@@ -135,18 +135,44 @@ class JsonlWriter:
         self.write_many([obj])
 
     def write_many(self, objs: Iterable[Any]) -> int:
-        """Write the objects as one batch, flush (and fsync if asked); return how many."""
+        """Write the objects as one batch, flush (and fsync if asked); return how many.
+
+        Raises:
+            OSError: the write failed (disk full, read-only file system...); it names this
+                writer's path, and the writer is closed.
+            ValueError: the writer is closed.
+        """
         lines = [dumps_line(obj) for obj in objs]
         if not lines:
             return 0
         if self._fh.closed:
             raise ValueError(f"{self.path} is closed")
-        self._fh.write(b"".join(lines))
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(b"".join(lines))
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self._abandon()
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
         self.lines_written += len(lines)
         return len(lines)
+
+    def _abandon(self) -> None:
+        """Close the file after a failed write without flushing again: what did not reach the
+        file (disk full, read-only) is dropped here, and the torn line it may leave is repaired
+        by ``io.resume`` on ``--resume``. A second error from the same full disk would only
+        hide the first."""
+        raw = getattr(self._fh, "raw", None)
+        try:
+            if raw is not None:
+                raw.close()  # the buffered layer then has nothing to flush into
+        except OSError:
+            pass
+        try:
+            self._fh.close()
+        except (OSError, ValueError):
+            pass
 
     @property
     def closed(self) -> bool:

@@ -422,13 +422,16 @@ def resolve_llm(spec: str | os.PathLike | None = None, *, fmt: str = "hf",
             raise ModelNotFoundError(f"{folder} has neither config.json (an HF model folder) "
                                      f"nor {_MANIFEST} (a converted folder)")
         if fmt == "hf":
+            from ..converters.resolve import check_pickle_weights
+
+            check_pickle_weights(folder)  # vLLM / transformers would stop on it with a raw traceback
             return folder
         return _ct2_of(_slug(str(folder)), folder, quantization, force)
 
-    from ..converters.resolve import _looks_like_path
+    from ..converters.resolve import _looks_like_path, missing_folder
 
     if _looks_like_path(text) or text.lower().endswith(".gguf"):
-        raise ModelNotFoundError(f"model {text} does not exist (known names: "
+        raise ModelNotFoundError(f"{missing_folder(text)} (a model is a known name: "
                                  f"{', '.join(sorted(KNOWN_LLMS))}; or a folder, a GGUF file "
                                  "or a hub id)")
     return _resolve_hub(text, fmt, quantization, fetch, force)
