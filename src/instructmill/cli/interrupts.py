@@ -320,5 +320,8 @@ def command_guard(verbose: bool = False) -> Iterator[_Guard]:
         guard.finished.set()
         guard.resources.close()
         for signum, old in installed.items():
-            signal.signal(signum, old)
+            # After a signal the process is on its way out: ignore more of them, or one arriving during
+            # the interpreter's shutdown (which resets Python's handlers) would kill it by the signal
+            # instead of the exit code. The watchdog still ends a shutdown that hangs.
+            signal.signal(signum, signal.SIG_IGN if guard.signum is not None else old)
         _current = previous_guard

@@ -1,0 +1,383 @@
+"""Nothing lost, nothing doubled, nothing hangs: signals, a full disk, a read-only output, bad models.
+
+Every test runs the real ``instructmill`` command in a child process (signals, file descriptors and
+exit codes are process-level) and checks what a user sees: the exit code, ONE line on the console,
+the files kept, and that ``--resume`` completes the run with every record id exactly once.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+psutil = pytest.importorskip("psutil")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# A template slow enough (~20 ms a record on 2 cores) to be interrupted in the middle of the work.
+SLOW_TEMPLATE = ('instruction: "{% for i in range(400) %}{% for j in range(400) %}{% endfor %}{% endfor %}'
+                 'Rewrite: {{ instruction }}"\ninput: ""\noutput: "{{ output }}"\n')
+FAST_TEMPLATE = 'instruction: "Rewrite: {{ instruction }}"\ninput: ""\noutput: "{{ output }}"\n'
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "INSTRUCTMILL_DEBUG"}
+    env.update(PYTHONPATH=SRC, HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def _records(path: Path, n: int, text_bytes: int = 60) -> list[str]:
+    ids = [f"r{i}" for i in range(n)]
+    with open(path, "w") as fh:
+        for rid in ids:
+            fh.write(json.dumps({"id": rid, "instruction": f"task {rid} " + "x" * text_bytes,
+                                 "output": "answer " + "y" * text_bytes}) + "\n")
+    return ids
+
+
+def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The command in its own session (a terminal's Ctrl-C reaches its whole process group)."""
+    out = open(cwd / "console.out", "w")
+    return subprocess.Popen([sys.executable, "-m", "instructmill", *args], cwd=cwd, env=env or _env(),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "instructmill", *args], cwd=cwd, env=env or _env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _wait_for(condition, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for _ in open(path, "rb")) if path.exists() else 0
+
+
+def _interrupt(proc: subprocess.Popen, signum: int, *, group: bool) -> tuple[int, float, list[int]]:
+    """Send ``signum`` (to the process group, as a terminal's Ctrl-C does, or to the process, as
+    ``kill`` does); return (exit code, seconds to exit, the child pids it had)."""
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    started = time.monotonic()
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the command did not end within 60 s of {signal.Signals(signum).name}")
+    return code, time.monotonic() - started, children
+
+
+def _alive(pids: list[int]) -> dict[int, str]:
+    """The pids still present, with their state ('zombie' = exited but never reaped)."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = psutil.Process(pid).status()
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _console(cwd: Path) -> list[str]:
+    return [line for line in (cwd / "console.out").read_text(errors="replace").splitlines() if line.strip()]
+
+
+def _ids_once(*files: Path) -> collections.Counter:
+    ids: collections.Counter = collections.Counter()
+    for path in files:
+        if path.exists():
+            for line in open(path, encoding="utf-8"):
+                ids[json.loads(line)["id"]] += 1
+    return ids
+
+
+# ------------------------------------------------------------------------------ signals during work
+
+@pytest.mark.parametrize("signum,code,group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
+                         ids=["SIGINT-to-group", "SIGTERM-to-process"])
+def test_signal_during_work_ends_in_one_line_and_resume_completes(tmp_path, signum, code, group):
+    ids = _records(tmp_path / "in.jsonl", 400)
+    (tmp_path / "slow.yaml").write_text(SLOW_TEMPLATE)
+    args = ["template", "in.jsonl", "-o", "out/t.jsonl", "-t", "slow.yaml"]
+    proc = _start(args, tmp_path)
+    out = tmp_path / "out" / "t.jsonl"
+    _wait_for(lambda: _lines(out) >= 20, 120, proc, "20 records were written")
+
+    exit_code, seconds, _children = _interrupt(proc, signum, group=group)
+
+    assert exit_code == code
+    assert seconds < 10
+    console = _console(tmp_path)
+    kept = _lines(out)
+    assert 20 <= kept < len(ids)
+    name = signal.Signals(signum).name
+    assert console == [f"interrupted by {name}: kept {kept} records in out/t.jsonl; "
+                       "run the same command with --resume to continue"]
+
+    resumed = _run([*args, "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    counts = _ids_once(out, tmp_path / "out" / "t.discards.jsonl")
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
+def test_a_second_ctrl_c_during_the_cleanup_is_no_error(tmp_path):
+    """Two signals in a row (an impatient user): still one line, exit 130, resumable."""
+    ids = _records(tmp_path / "in.jsonl", 400)
+    (tmp_path / "slow.yaml").write_text(SLOW_TEMPLATE)
+    args = ["template", "in.jsonl", "-o", "out/t.jsonl", "-t", "slow.yaml"]
+    proc = _start(args, tmp_path)
+    out = tmp_path / "out" / "t.jsonl"
+    _wait_for(lambda: _lines(out) >= 10, 120, proc, "10 records were written")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass  # it had already ended
+    assert proc.wait(timeout=10) == 130
+    console = _console(tmp_path)
+    assert len(console) == 1 and console[0].startswith("interrupted by SIGINT: kept "), console
+    assert _run([*args, "--resume"], tmp_path).returncode == 0
+    counts = _ids_once(out, tmp_path / "out" / "t.discards.jsonl")
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
+def test_sigint_while_a_model_converts_ends_fast_and_leaves_no_half_folder(tmp_path, tiny_marian_pair):
+    """backtranslate converts HF folders into the cache first; Ctrl-C in the middle of it ends the
+    run within 10 s, leaves no half-converted folder, and the rerun converts and completes."""
+    forward, backward = tiny_marian_pair
+    ids = _records(tmp_path / "in.jsonl", 6, text_bytes=10)
+    cache = tmp_path / "cache"
+    env = _env(INSTRUCTMILL_CACHE=str(cache))
+    args = ["backtranslate", "in.jsonl", "-o", "out/bt.jsonl", "--forward-model", str(forward),
+            "--backward-model", str(backward), "--pivot", "xx", "--compute-type", "float32"]
+    proc = _start(args, tmp_path, env)
+    converting = lambda: any(".converting-" in p.name for p in cache.rglob("*"))  # noqa: E731
+    _wait_for(converting, 120, proc, "a conversion started")
+
+    exit_code, seconds, children = _interrupt(proc, signal.SIGINT, group=True)
+
+    assert exit_code == 130 and seconds < 10
+    assert _console(tmp_path) == ["interrupted by SIGINT: nothing was written; "
+                                  "run the same command with --resume to continue"]
+    assert not converting()
+    assert _alive(children) == {}
+    rerun = _run([*args, "--resume"], tmp_path, env)
+    assert rerun.returncode == 0, rerun.stderr
+    counts = _ids_once(tmp_path / "out" / "bt.jsonl", tmp_path / "out" / "bt.discards.jsonl")
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
+# ------------------------------------------------------------------------------ disk full / read-only
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped where mounting is not allowed), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _remount(mount: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)
+
+
+def test_disk_full_ends_in_one_line_and_resume_after_freeing_space_completes(tmp_path, small_tmpfs):
+    ids = _records(tmp_path / "in.jsonl", 3000, text_bytes=200)  # ~1.7 MB of output > 1 MiB
+    (tmp_path / "t.yaml").write_text(FAST_TEMPLATE)
+    out = small_tmpfs / "t.jsonl"
+    args = ["template", "in.jsonl", "-o", str(out), "-t", "t.yaml"]
+
+    full = _run(args, tmp_path)
+
+    assert full.returncode == 1
+    kept = out.read_bytes().count(b"\n")  # complete lines; a torn last one is repaired on resume
+    assert 0 < kept < len(ids)
+    assert full.stderr.splitlines() == [
+        f"Error: no space left on the device writing {out}; kept {kept} records in {out}; "
+        "free some space and run the same command with --resume to continue"]
+    assert full.stdout == ""
+
+    _remount(small_tmpfs, "size=16m")
+    resumed = _run([*args, "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = _ids_once(out)
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
+def test_read_only_output_ends_in_one_line_and_resume_completes_once_writable(tmp_path, small_tmpfs):
+    ids = _records(tmp_path / "in.jsonl", 3000, text_bytes=200)
+    (tmp_path / "t.yaml").write_text(FAST_TEMPLATE)
+    out = small_tmpfs / "t.jsonl"
+    args = ["template", "in.jsonl", "-o", str(out), "-t", "t.yaml"]
+    assert _run(args, tmp_path).returncode == 1  # the disk fills: a run to resume
+    kept = out.read_bytes().count(b"\n")
+    _remount(small_tmpfs, "ro")
+
+    readonly = _run([*args, "--resume"], tmp_path)
+
+    assert readonly.returncode == 1
+    assert readonly.stderr.splitlines() == [
+        f"Error: cannot write {out}: the file system is read-only; kept {kept} records in {out}; "
+        "make the folder writable and run the same command with --resume to continue"]
+    fresh = _run(["template", "in.jsonl", "-o", str(small_tmpfs / "new" / "t.jsonl"), "-t", "t.yaml"], tmp_path)
+    assert fresh.returncode == 1
+    assert fresh.stderr.splitlines() == [
+        f"Error: cannot write {small_tmpfs / 'new'}: the file system is read-only; nothing was written; "
+        "choose a writable output folder, or make this one writable, and run the command again"]
+
+    _remount(small_tmpfs, "rw,size=16m")
+    resumed = _run([*args, "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = _ids_once(out)
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into a chmod 555 folder")
+def test_forbidden_output_folder_ends_in_one_line(tmp_path):
+    _records(tmp_path / "in.jsonl", 5)
+    (tmp_path / "t.yaml").write_text(FAST_TEMPLATE)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        done = _run(["template", "in.jsonl", "-o", str(locked / "t.jsonl"), "-t", "t.yaml"], tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1
+    assert "permission denied" in done.stderr and "nothing was written" in done.stderr
+
+
+# ------------------------------------------------------------------------------ bad model folders
+
+def _ct2_folder(path: Path, **changes) -> Path:
+    """A folder that looks converted (model.bin + config.json) with a manifest; the manifest is
+    checked before the model is loaded, so model.bin may be empty."""
+    path.mkdir(parents=True)
+    (path / "model.bin").write_bytes(b"")
+    (path / "config.json").write_text("{}")
+    manifest = {
+        "format": "instructmill-ct2/1", "kind": "translation", "architecture": "MarianMTModel",
+        "source": "/models/opus-mt-en-xx", "revision": None, "quantization": "float32",
+        "tokenizer": {"type": "sentencepiece", "source_spm": "source.spm", "target_spm": "target.spm",
+                      "source_suffix": ["</s>"]},
+        "languages": {"source": "en", "target": "xx"},
+        "decoding": {"beam_size": 4, "max_decoding_length": 512, "length_penalty": 1.0, "suppress_sequences": []},
+        "max_input_tokens": 512,
+        "verification": {"passed": True, "reference": "transformers", "detail": "ok"},
+    }
+    for dotted, value in changes.items():
+        parent, _, key = dotted.rpartition("__")
+        (manifest[parent] if parent else manifest)[key] = value
+    (path / "instructmill.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("decoding__beam_size", "4", "'decoding.beam_size' must be an integer, not '4' (str)"),
+    ("decoding__max_decoding_length", "lots", "'decoding.max_decoding_length' must be an integer"),
+    ("decoding__length_penalty", "one", "'decoding.length_penalty' must be a number"),
+    ("decoding__suppress_sequences", "abc", "'decoding.suppress_sequences' must be a list of lists of strings"),
+    ("tokenizer", ["sentencepiece"], "'tokenizer' must be an object, not ['sentencepiece'] (list)"),
+    ("tokenizer__source_suffix", 5, "'tokenizer.source_suffix' must be a list of strings, not 5 (int)"),
+    ("tokenizer__source_spm", 7, "'tokenizer.source_spm' must be a string, not 7 (int)"),
+    ("languages", "en-xx", "'languages' must be an object or null"),
+    ("max_input_tokens", "512", "'max_input_tokens' must be an integer or null"),
+    ("verification__passed", "yes", "'verification.passed' must be true, false or null"),
+])
+def test_manifest_field_of_the_wrong_type_is_one_line_naming_field_and_file(tmp_path, field, value, expected):
+    from instructmill.converters.manifest import read_manifest
+    from instructmill.errors import ConversionError
+
+    folder = _ct2_folder(tmp_path / "bad", **{field: value})
+    with pytest.raises(ConversionError) as info:
+        read_manifest(folder)
+    assert str(info.value).startswith(f"{folder / 'instructmill.json'}: field {expected}")
+
+
+def test_manifest_of_the_wrong_type_through_the_cli_is_one_line(tmp_path):
+    _records(tmp_path / "in.jsonl", 3)
+    _ct2_folder(tmp_path / "ct2" / "en-xx", **{"decoding__beam_size": "4"})
+    _ct2_folder(tmp_path / "ct2" / "xx-en")
+    done = _run(["backtranslate", "in.jsonl", "-o", "out/bt.jsonl", "--forward-model", "ct2/en-xx",
+                 "--backward-model", "ct2/xx-en", "--pivot", "xx"], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "Error: ct2/en-xx/instructmill.json: field 'decoding.beam_size' must be an integer, not '4' (str); "
+        "the manifest was edited or damaged: convert the model again (`instructmill convert`)"]
+
+
+def test_missing_relative_model_folder_is_no_such_folder_not_the_hub(tmp_path):
+    _records(tmp_path / "in.jsonl", 3)
+    _ct2_folder(tmp_path / "ct2" / "en-xx")
+    _ct2_folder(tmp_path / "ct2" / "xx-en")
+    done = _run(["backtranslate", "in.jsonl", "-o", "out/bt.jsonl", "--forward-model", "ct2/en-de",
+                 "--backward-model", "ct2/xx-en", "--pivot", "de"], tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["Error: no such folder: ct2/en-de (ct2/ holds en-xx, xx-en)"]
+
+
+def _pickle_model(folder: Path, marker: Path, *, evil: bool) -> Path:
+    """An HF-looking folder whose only weights are ``pytorch_model.bin``; an evil one would create
+    ``marker`` when unpickled without restrictions."""
+    import torch
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["MarianMTModel"], "model_type": "marian"}))
+    state = {"weight": torch.zeros(2, 2)}
+    if evil:
+        state["payload"] = _Payload(str(marker))
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+class _Payload:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_weights_with_code_are_refused_in_one_line_and_nothing_runs(tmp_path):
+    from instructmill.converters.resolve import check_pickle_weights
+    from instructmill.errors import ConversionError
+
+    marker = tmp_path / "PWNED"
+    evil = _pickle_model(tmp_path / "evil-model", marker, evil=True)
+    plain = _pickle_model(tmp_path / "plain-model", marker, evil=False)
+    check_pickle_weights(plain)  # tensors only: loadable, no error
+    with pytest.raises(ConversionError, match="nothing in it was run"):
+        check_pickle_weights(evil)
+
+    done = _run(["convert", str(evil), str(tmp_path / "converted")], tmp_path)
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"Error: {evil / 'pytorch_model.bin'} is a pickle holding Python objects besides tensors")
+    assert "nothing in it was run" in line and "safetensors" in line
+    assert not marker.exists()
+    assert not (tmp_path / "converted").exists()
