@@ -136,6 +136,30 @@ def test_signal_during_work_ends_in_one_line_and_resume_completes(tmp_path, sign
     assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
 
 
+def test_sigterm_during_a_pipeline_ends_in_one_line_and_resume_completes(tmp_path):
+    """``instructmill generate`` runs under the same guard: the line counts the sinks' records."""
+    ids = _records(tmp_path / "in.jsonl", 1500)
+    (tmp_path / "slow.yaml").write_text(SLOW_TEMPLATE)
+    (tmp_path / "p.yaml").write_text("settings:\n  window: 8\nsources:\n  rows:\n    path: in.jsonl\n"
+                                     "stages:\n  - name: fill\n    method: template\n    template: slow.yaml\n"
+                                     "sinks:\n  - path: out/t.jsonl\n")
+    proc = _start(["generate", "p.yaml"], tmp_path)
+    out = tmp_path / "out" / "t.jsonl"
+    _wait_for(lambda: _lines(out) >= 16, 120, proc, "16 records reached the sink")
+
+    exit_code, seconds, _children = _interrupt(proc, signal.SIGTERM, group=False)
+
+    assert exit_code == 143 and seconds < 10
+    kept = _lines(out)
+    assert 16 <= kept < len(ids)
+    assert _console(tmp_path) == [f"interrupted by SIGTERM: kept {kept} records in {out}; "
+                                  "run the same command with --resume to continue"]
+    resumed = _run(["generate", "p.yaml", "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = _ids_once(out, tmp_path / "out" / "t.discards.jsonl")
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
 def test_a_second_ctrl_c_during_the_cleanup_is_no_error(tmp_path):
     """Two signals in a row (an impatient user): still one line, exit 130, resumable."""
     ids = _records(tmp_path / "in.jsonl", 400)
@@ -381,3 +405,106 @@ def test_pickle_weights_with_code_are_refused_in_one_line_and_nothing_runs(tmp_p
     assert "nothing in it was run" in line and "safetensors" in line
     assert not marker.exists()
     assert not (tmp_path / "converted").exists()
+
+
+# ------------------------------------------------------------------------------ vLLM (slow: real engine starts)
+
+def _vllm_env(tmp_path: Path) -> dict[str, str]:
+    pytest.importorskip("vllm")
+    return _env(VLLM_CPU_KVCACHE_SPACE="1", INSTRUCTMILL_CACHE=str(tmp_path / "cache"))
+
+
+def _seeds(path: Path, n: int = 8) -> None:
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"seed_{i}", "instruction": f"Write a short note about topic number {i}.",
+                                 "instances": [{"input": "", "output": f"A note about topic {i}."}]}) + "\n")
+
+
+def _engine_core_started(proc: subprocess.Popen) -> bool:
+    """vLLM's engine core: a process multiprocessing spawned (``spawn_main`` in its command line)."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def _gone_soon(pids: list[int], seconds: float = 3.0) -> dict[int, str]:
+    """The pids still there (alive or zombie) after up to ``seconds``; orphaned grandchildren are
+    reaped by init, which takes a moment."""
+    deadline = time.monotonic() + seconds
+    left = _alive(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = _alive(pids)
+    return left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,code,group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
+                         ids=["SIGINT-to-group", "SIGTERM-to-process"])
+def test_signal_while_vllm_starts_ends_within_10s_and_reaps_the_engine(tmp_path, tiny_llama_4k, signum, code, group):
+    """Before: Ctrl-C during vLLM's start was swallowed (the run went on) or hung until a second
+    Ctrl-C. Now: one line, the signal's exit code within 10 s, no engine process left."""
+    env = _vllm_env(tmp_path)
+    _seeds(tmp_path / "seeds.jsonl")
+    proc = _start(["self-instruct", "seeds.jsonl", "-o", "out/si.jsonl", "--backend", "vllm",
+                   "--model", str(tiny_llama_4k), "--max-model-len", "512", "--num-instructions", "4"],
+                  tmp_path, env)
+    _wait_for(lambda: _engine_core_started(proc), 120, proc, "vLLM's engine core process started")
+    time.sleep(2)  # in the middle of the engine's start-up (it takes ~15 s here)
+
+    exit_code, seconds, children = _interrupt(proc, signum, group=group)
+
+    assert exit_code == code and seconds < 10, (exit_code, seconds)
+    assert children and _gone_soon(children) == {}
+    name = signal.Signals(signum).name
+    assert _console(tmp_path) == [f"interrupted by {name}: nothing was written; "
+                                  "run the same command with --resume to continue"]
+
+
+@pytest.mark.slow
+def test_vllm_run_prints_progress_only_and_logs_the_engine_beside_the_output(tmp_path, tiny_llama_4k):
+    """Before: ~75 console lines (vLLM INFO/WARNING, torch warnings, progress bars of the engine
+    process). Now: the command's own lines; vLLM's go to out/si.log."""
+    env = _vllm_env(tmp_path)
+    _seeds(tmp_path / "seeds.jsonl")
+    done = _run(["self-instruct", "seeds.jsonl", "-o", "out/si.jsonl", "--backend", "vllm",
+                 "--model", str(tiny_llama_4k), "--max-model-len", "512", "--num-instructions", "4",
+                 "--max-rounds", "1", "--max-tokens", "16", "--instance-max-tokens", "16"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    console = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert not [line for line in console if "vllm" in line.lower() and not line.startswith("engine: vllm")], console
+    assert len(console) <= 12, console
+    log = (tmp_path / "out" / "si.log").read_text()
+    assert "EngineCore" in log and "vllm" in log  # the engine process's lines and vLLM's loggers
+
+
+@pytest.mark.slow
+def test_a_dying_vllm_engine_is_one_line_and_its_traceback_goes_to_the_log(tmp_path, tiny_llama_4k):
+    """Before: ~100 traceback lines from two processes. Now: one line naming the log file."""
+    env = _vllm_env(tmp_path)
+    _seeds(tmp_path / "seeds.jsonl")
+    proc = _start(["self-instruct", "seeds.jsonl", "-o", "out/si.jsonl", "--backend", "vllm",
+                   "--model", str(tiny_llama_4k), "--max-model-len", "512", "--num-instructions", "100000",
+                   "--max-rounds", "1000", "--max-tokens", "64"], tmp_path, env)
+    log = tmp_path / "out" / "si.log"
+    _wait_for(lambda: log.exists() and "init engine" in log.read_text(errors="replace"), 180, proc,
+              "the engine started")
+    [engine] = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    engine.kill()
+
+    assert proc.wait(timeout=60) == 1
+    console = _console(tmp_path)
+    assert not [line for line in console if "Traceback" in line or line.startswith("  File ")], console
+    assert console[-1] == (f"Error: the vLLM engine core process died (its traceback is in {log}); "
+                           "what was written before is kept")
+    assert len(console) <= 1 + 1000  # the one line after at most one progress line per round
+    assert not [line for line in console if not line.startswith(("round ", "Error: "))], console

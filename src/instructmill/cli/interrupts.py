@@ -144,21 +144,15 @@ def _child_pids() -> set[int]:
         return set()
 
 
-def reap_children(grace: float = CHILD_TERM_SECONDS, spare: set[int] | frozenset[int] = frozenset()) -> list[int]:
-    """SIGTERM every child process of this one (recursively) except the ``spare`` pids, SIGKILL
-    those alive after ``grace`` seconds, and reap them. Returns the pids that were running.
-
-    multiprocessing's resource tracker is left alone: it exits by itself when this process ends
-    and unlinks any shared memory a killed child left behind. ``spare`` keeps the children that
-    existed before the command (e.g. a test session's own engine when the CLI runs in-process).
-    """
+def _descendants(spare: set[int] | frozenset[int]) -> list:
+    """This process's child processes, recursively, less ``spare`` and multiprocessing's resource
+    tracker (it exits by itself when this process ends and unlinks any shared memory a killed
+    child left behind)."""
     try:
         import psutil
-    except ImportError:  # pragma: no cover - psutil comes with vLLM and Ray
-        return []
-    try:
+
         children = psutil.Process().children(recursive=True)
-    except psutil.Error:
+    except Exception:  # noqa: BLE001 - psutil missing (it comes with vLLM and Ray) or /proc unreadable
         return []
     targets = []
     for child in children:
@@ -167,12 +161,34 @@ def reap_children(grace: float = CHILD_TERM_SECONDS, spare: set[int] | frozenset
         try:
             if "resource_tracker" in " ".join(child.cmdline()):
                 continue
-            targets.append(child)
         except psutil.Error:
             continue
-    for child in targets:
+        targets.append(child)
+    return targets
+
+
+def _terminate(children: list) -> None:
+    import psutil
+
+    for child in children:
         with contextlib.suppress(psutil.Error):
             child.terminate()
+
+
+def reap_children(grace: float = CHILD_TERM_SECONDS, spare: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """SIGTERM every child process of this one (recursively) except the ``spare`` pids, SIGKILL
+    those alive after ``grace`` seconds, and reap them. Returns the pids that were running.
+
+    ``spare`` keeps the children that existed before the command (e.g. a test session's own
+    engine when the CLI runs in-process). A grandchild whose parent is killed first is reaped by
+    the system's init process instead.
+    """
+    targets = _descendants(spare)
+    if not targets:
+        return []
+    import psutil
+
+    _terminate(targets)
     _gone, alive = psutil.wait_procs(targets, timeout=grace)
     for child in alive:
         with contextlib.suppress(psutil.Error):
@@ -203,8 +219,21 @@ def _interrupt_message(guard: _Guard, signum: int) -> str:
 
 
 def _watchdog(guard: _Guard, signum: int) -> None:
-    """Force the end GRACE_SECONDS after the signal if the main thread has not got there."""
-    if guard.finished.wait(GRACE_SECONDS):
+    """Stop the children while the main thread unwinds, and force the end GRACE_SECONDS after the
+    signal if the main thread has not got there.
+
+    The children get SIGTERM at once (a terminal's Ctrl-C reached them already; ``kill`` did not),
+    and SIGKILL after CHILD_TERM_SECONDS: vLLM's engine core only notes a SIGTERM while it is
+    still starting, and its parent waits for it before it lets the KeyboardInterrupt through.
+    """
+    started = time.monotonic()
+    with contextlib.suppress(Exception):
+        _terminate(_descendants(guard.spare))
+    if guard.finished.wait(CHILD_TERM_SECONDS):
+        return
+    with contextlib.suppress(Exception):
+        reap_children(grace=1.0, spare=guard.spare)
+    if guard.finished.wait(max(0.0, GRACE_SECONDS - (time.monotonic() - started))):
         return
     _force_exit(guard, signum)
 
@@ -292,18 +321,40 @@ def command_guard(verbose: bool = False) -> Iterator[_Guard]:
         for signum in EXIT_CODES:
             installed[signum] = signal.signal(signum, handler)
     try:
-        yield guard
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-        reap_children(spare=guard.spare)
+        with _one_line_errors(guard):
+            yield guard
+    except BaseException as exc:
+        # A library may swallow the KeyboardInterrupt (vLLM does while its engine starts) and fail
+        # later because the watchdog stopped its children: after a signal, any ending is the signal's.
+        if guard.signum is not None or (isinstance(exc, KeyboardInterrupt) and not isinstance(exc, click.Abort)):
+            signum = getattr(exc, "signum", None) or guard.signum or signal.SIGINT
+            reap_children(spare=guard.spare)
+            _say(guard, _interrupt_message(guard, signum))
+            guard.finished.set()
+            raise click.exceptions.Exit(EXIT_CODES.get(signum, 128 + signum)) from None
         raise
-    except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", None) or guard.signum or signal.SIGINT
-        reap_children(spare=guard.spare)
-        _say(guard, _interrupt_message(guard, signum))
+    finally:
         guard.finished.set()
-        raise click.exceptions.Exit(EXIT_CODES.get(signum, 128 + signum)) from None
+        guard.resources.close()
+        for signum, old in installed.items():
+            # After a signal the process is on its way out: ignore more of them, or one arriving during
+            # the interpreter's shutdown (which resets Python's handlers) would kill it by the signal
+            # instead of the exit code. The watchdog still ends a shutdown that hangs.
+            signal.signal(signum, signal.SIG_IGN if guard.signum is not None else old)
+        _current = previous_guard
+
+
+@contextlib.contextmanager
+def _one_line_errors(guard: _Guard) -> Iterator[None]:
+    """A full disk, a read-only output or an unexpected error: one line, exit 1 (see the module)."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        if guard.signum is None:  # else the interrupt's line is the one to print
+            reap_children(spare=guard.spare)
+        raise
     except Exception as exc:  # noqa: BLE001 - the command's last word: one line, never a traceback
-        if guard.verbose:
+        if guard.verbose or guard.signum is not None:
             raise
         found = _os_error(exc)
         if found is not None:
@@ -316,12 +367,3 @@ def command_guard(verbose: bool = False) -> Iterator[_Guard]:
         reap_children(spare=guard.spare)
         _say(guard, f"Error: {message}")
         raise click.exceptions.Exit(1) from None
-    finally:
-        guard.finished.set()
-        guard.resources.close()
-        for signum, old in installed.items():
-            # After a signal the process is on its way out: ignore more of them, or one arriving during
-            # the interpreter's shutdown (which resets Python's handlers) would kill it by the signal
-            # instead of the exit code. The watchdog still ends a shutdown that hangs.
-            signal.signal(signum, signal.SIG_IGN if guard.signum is not None else old)
-        _current = previous_guard
