@@ -296,6 +296,59 @@ def test_forbidden_output_folder_ends_in_one_line(tmp_path):
     assert "permission denied" in done.stderr and "nothing was written" in done.stderr
 
 
+# ------------------------------------------------------------------------------ logs and unexpected errors
+
+def test_engine_logs_go_to_the_file_and_the_console_comes_back(tmp_path, capfd):
+    import logging
+    import warnings
+
+    from instructmill.engine.logfile import console_fd, console_to_log, engine_logs_to
+
+    log = tmp_path / "out" / "x.log"
+    with engine_logs_to(log):
+        logging.getLogger("vllm.engine").warning("engine says hi")
+        warnings.warn("a library warning", UserWarning)
+        with console_to_log():  # what an engine's child process prints goes to the log
+            subprocess.run([sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"],
+                           check=True)
+            os.write(console_fd(), b"for the user\n")
+        print("after the start", file=sys.stderr)
+    text = log.read_text()
+    for expected in ("engine says hi", "a library warning", "child out", "child err"):
+        assert expected in text
+    out, err = capfd.readouterr()
+    assert "for the user" in err and "after the start" in err
+    assert not [w for w in ("engine says hi", "a library warning", "child out", "child err") if w in out + err]
+    assert logging.getLogger("vllm").handlers == [] or all(
+        not getattr(h, "_instructmill_engine_log", False) for h in logging.getLogger("vllm").handlers)
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(tmp_path, monkeypatch, capfd):
+    from click.testing import CliRunner
+
+    from instructmill.cli import cli
+    from instructmill.methods import template as template_module
+
+    def broken(self, records, strict=False):
+        raise RuntimeError("boom in the middle")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(template_module.TemplateFiller, "fill", broken)
+    monkeypatch.delenv("INSTRUCTMILL_DEBUG", raising=False)
+    _records(tmp_path / "in.jsonl", 3)
+    (tmp_path / "t.yaml").write_text(FAST_TEMPLATE)
+    out = tmp_path / "out" / "t.jsonl"
+    result = CliRunner().invoke(cli, ["template", str(tmp_path / "in.jsonl"), "-o", str(out),
+                                      "-t", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 1
+    log = tmp_path / "out" / "t.log"
+    _out, err = capfd.readouterr()
+    assert err.splitlines() == [f"Error: failed: RuntimeError: boom in the middle (the traceback is in {log}); "
+                                f"kept 0 records in {out}; fix the cause and run the same command with --resume "
+                                "to continue"]
+    assert "Traceback (most recent call last)" in log.read_text() and "boom in the middle" in log.read_text()
+
+
 # ------------------------------------------------------------------------------ bad model folders
 
 def _ct2_folder(path: Path, **changes) -> Path:

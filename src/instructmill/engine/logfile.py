@@ -38,6 +38,7 @@ _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 _state_lock = threading.Lock()
 _console: int | None = None  # a dup of the console's stderr while fd 2 points at the log
+_bars_disabled: set[str] = set()  # log paths for which transformers' progress bars were switched off
 
 
 def engine_log_path() -> str | None:
@@ -80,16 +81,22 @@ def _file_handler(path: str) -> logging.Handler:
     return handler
 
 
-def reroute_library_loggers(path: str | None = None) -> None:
+def reroute_library_loggers(path: str | None = None, *, transformers: bool = False) -> None:
     """Point the engine libraries' loggers at the log file (again).
 
     transformers adds its own console handler the first time it logs, and vLLM configures its
     logger when it is imported; an engine calls this once those libraries are imported so that
-    their handlers are replaced by the log file's. No-op without a log file.
+    their handlers are replaced by the log file's. transformers' progress bars ("Loading
+    weights", six per back-translation model conversion) are switched off as well.
+    ``transformers=True`` imports transformers first (for code about to convert a model). No-op
+    without a log file.
     """
     path = path or engine_log_path()
     if not path:
         return
+    if transformers and "transformers" not in sys.modules:
+        with contextlib.suppress(ImportError):
+            import transformers.utils.logging  # noqa: F401
     for name in ROUTED_LOGGERS:
         logger = logging.getLogger(name)
         ours = [h for h in logger.handlers if getattr(h, "_instructmill_engine_log", False)
@@ -102,6 +109,9 @@ def reroute_library_loggers(path: str | None = None) -> None:
 
             hf_logging.disable_default_handler()
             hf_logging.disable_propagation()
+            if hf_logging.is_progress_bar_enabled():
+                hf_logging.disable_progress_bar()
+                _bars_disabled.add(path)
         except Exception:  # noqa: BLE001 - an old transformers without these helpers: stay as is
             pass
 
@@ -134,6 +144,12 @@ def engine_logs_to(path: str | os.PathLike[str] | None) -> Iterator[str | None]:
         yield path
     finally:
         logging.captureWarnings(False)
+        if path in _bars_disabled:
+            _bars_disabled.discard(path)
+            with contextlib.suppress(Exception):
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.enable_progress_bar()
         for name, (handlers, propagate) in saved_loggers.items():
             logger = logging.getLogger(name)
             for handler in logger.handlers:

@@ -310,13 +310,18 @@ def _how_to_offline() -> str:
 def _ct2_build(hf_dir: Path, quantization: str) -> Callable[[Path], None]:
     def build(target: Path) -> None:
         from ..converters import convert_model
+        from ..engine.logfile import reroute_library_loggers
 
+        reroute_library_loggers(transformers=True)  # a command's conversion logs to its log file
         convert_model(hf_dir, target, quantization=quantization, force=True)
     return build
 
 
 def _hf_from_gguf(name: str, gguf_path: Path, force: bool) -> Path:
     from ..converters.gguf import gguf_to_hf
+    from ..engine.logfile import reroute_library_loggers
+
+    reroute_library_loggers(transformers=True)  # a command's conversion logs to its log file
 
     return _build_once(_format_dir(name, "hf", ""), _hf_ready,
                        lambda target: gguf_to_hf(gguf_path, target, force=True), force)
