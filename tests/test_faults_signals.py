@@ -408,14 +408,14 @@ def test_manifest_of_the_wrong_type_through_the_cli_is_one_line(tmp_path):
         "the manifest was edited or damaged: convert the model again (`instructmill convert`)"]
 
 
-def test_missing_relative_model_folder_is_no_such_folder_not_the_hub(tmp_path):
+def test_missing_relative_model_folder_is_reported_missing_not_the_hub_unreachable(tmp_path):
     _records(tmp_path / "in.jsonl", 3)
     _ct2_folder(tmp_path / "ct2" / "en-xx")
     _ct2_folder(tmp_path / "ct2" / "xx-en")
     done = _run(["backtranslate", "in.jsonl", "-o", "out/bt.jsonl", "--forward-model", "ct2/en-de",
                  "--backward-model", "ct2/xx-en", "--pivot", "de"], tmp_path)
     assert done.returncode == 1
-    assert done.stderr.splitlines() == ["Error: no such folder: ct2/en-de (ct2/ holds en-xx, xx-en)"]
+    assert done.stderr.splitlines() == ["Error: model folder ct2/en-de does not exist (ct2/ holds en-xx, xx-en)"]
 
 
 def _pickle_model(folder: Path, marker: Path, *, evil: bool) -> Path:

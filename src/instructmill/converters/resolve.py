@@ -55,8 +55,8 @@ def _looks_like_path(model: str) -> bool:
 
 
 def missing_folder(model: str) -> str:
-    """``no such folder: ct2/en-de (ct2/ holds en-xx, xx-en)``: the deepest existing parent's
-    entries help spot a typo."""
+    """``model folder ct2/en-de does not exist (ct2/ holds en-xx, xx-en)``: the deepest existing
+    parent's entries help spot a typo. (``model file ...`` for a ``.gguf`` name.)"""
     path = Path(model).expanduser()
     parent = path.parent
     while not parent.is_dir() and parent != parent.parent:
@@ -69,7 +69,8 @@ def missing_folder(model: str) -> str:
             names = []
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         hint = f" ({parent}/ holds {shown})" if names else f" ({parent}/ is empty)"
-    return f"no such folder: {model}{hint}"
+    kind = "file" if model.lower().endswith(".gguf") else "folder"
+    return f"model {kind} {model} does not exist{hint}"
 
 
 def _how_to_local(model: str) -> str:
