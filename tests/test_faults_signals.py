@@ -280,6 +280,27 @@ def test_read_only_output_ends_in_one_line_and_resume_completes_once_writable(tm
     assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
 
 
+def test_disk_full_during_a_pipeline_is_one_line_and_resume_completes(tmp_path, small_tmpfs):
+    """Before: the failed stage's traceback, then a line saying "(traceback above)"."""
+    ids = _records(tmp_path / "in.jsonl", 3000, text_bytes=300)
+    (tmp_path / "t.yaml").write_text(FAST_TEMPLATE)
+    sink = small_tmpfs / "t.jsonl"
+    (tmp_path / "p.yaml").write_text("sources:\n  rows:\n    path: in.jsonl\nstages:\n  - name: fill\n"
+                                     f"    method: template\n    template: t.yaml\nsinks:\n  - path: {sink}\n")
+    full = _run(["generate", "p.yaml"], tmp_path)
+    assert full.returncode == 1
+    kept = sink.read_bytes().count(b"\n")
+    assert full.stderr.splitlines() == [
+        f"Error: no space left on the device; kept {kept} records in {sink}; "
+        "free some space and run the same command with --resume to continue"]
+
+    _remount(small_tmpfs, "size=16m")
+    resumed = _run(["generate", "p.yaml", "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = _ids_once(sink)
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into a chmod 555 folder")
 def test_forbidden_output_folder_ends_in_one_line(tmp_path):
     _records(tmp_path / "in.jsonl", 5)

@@ -44,14 +44,17 @@ def user_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .interrupts import watch_output
+        from . import interrupts
 
         try:
             if isinstance(kwargs.get("output"), str):
-                watch_output(kwargs["output"])
+                interrupts.watch_output(kwargs["output"])
             return func(*args, **kwargs)
         except InstructmillError as exc:
-            raise click.ClickException(str(exc)) from exc
+            message = interrupts.one_line(exc)
+            if message is None:
+                raise  # a full disk / read-only output inside: the command guard's line says what was kept
+            raise click.ClickException(message) from exc
         except FileNotFoundError as exc:
             raise click.ClickException(f"file not found: {exc.filename}") from exc
 

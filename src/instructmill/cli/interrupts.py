@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import click
 
-__all__ = ["EXIT_CODES", "GRACE_SECONDS", "Interrupted", "command_guard", "watch_output", "log_path_for",
+__all__ = ["EXIT_CODES", "GRACE_SECONDS", "Interrupted", "command_guard", "watch_output", "log_path_for", "one_line",
            "kept_line", "debug_enabled", "reap_children"]
 
 #: Exit status per signal: 128 + the signal number, as a shell reports a process killed by it.
@@ -276,11 +276,29 @@ def _os_error(exc: BaseException | None) -> OSError | None:
     return (named or found)[-1] if found else None
 
 
+def one_line(exc: BaseException) -> str | None:
+    """The message of a user error for the console, or ``None`` when a disk-full / not-writable
+    OSError caused it (the command guard then prints its own line with what was kept).
+
+    A pipeline's "(traceback above)" becomes "(the traceback is in <log>)": that traceback went
+    to the log file (:class:`~instructmill.engine.logfile.TracebacksToLog`).
+    """
+    from ..engine.logfile import engine_log_path
+
+    if _os_error(exc) is not None:
+        return None
+    text = str(exc)
+    log = engine_log_path()
+    if log and "(traceback above)" in text:
+        text = text.replace("(traceback above)", f"(the traceback is in {log})")
+    return text
+
+
 def _os_error_message(exc: OSError, guard: _Guard) -> str:
     where = f" {exc.filename}" if exc.filename else ""
     kept = kept_line(guard.outputs)
     if exc.errno in NO_SPACE:
-        what = f"no space left on the device writing{where}"
+        what = "no space left on the device" + (f" writing{where}" if where else "")
         fix = "free some space and " + (RESUME_HINT if guard.outputs else "run the same command again")
     else:
         reason = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"

@@ -6,6 +6,8 @@ process. :func:`engine_logs_to` sends all of that to one file:
 
 * the Python loggers of the engine libraries (:data:`ROUTED_LOGGERS`) and ``warnings.warn``
   (through ``logging.captureWarnings``) get a file handler and stop propagating to the console;
+  records carrying a traceback (a failed pipeline stage's) go to the file too
+  (:class:`TracebacksToLog`);
 * vLLM configures its logger from ``VLLM_LOGGING_CONFIG_PATH`` in this process and in the engine
   core process it spawns, so that variable points at a ``logging.config.dictConfig`` file whose
   handler appends to the log;
@@ -27,7 +29,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
-__all__ = ["ENV_VAR", "ROUTED_LOGGERS", "LogFileHandler", "engine_log_path", "engine_logs_to", "console_to_log",
+__all__ = ["ENV_VAR", "ROUTED_LOGGERS", "LogFileHandler", "TracebacksToLog", "engine_log_path", "engine_logs_to", "console_to_log",
            "console_fd", "reroute_library_loggers", "log_exception"]
 
 #: Environment variable holding the log file's path (``None``/unset: logs stay on the console).
@@ -58,6 +60,28 @@ class LogFileHandler(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush on a full disk
+            pass
+
+
+class TracebacksToLog(logging.Filter):
+    """A console handler's filter: a record carrying a traceback (``exc_info``, or a message with
+    ``Traceback (most recent call last)``, as the pipeline logs a failed stage's) goes to the log
+    file instead; the command's one-line error names the file."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.handler = _file_handler(path)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or "Traceback (most recent call last)" in record.getMessage():
+            self.handler.handle(record)
+            return False
+        return True
 
 
 def _vllm_config(path: str) -> dict:
@@ -140,9 +164,16 @@ def engine_logs_to(path: str | os.PathLike[str] | None) -> Iterator[str | None]:
     os.environ["VLLM_CONFIGURE_LOGGING"] = "1"  # vLLM refuses a config file when this is 0
     logging.captureWarnings(True)
     reroute_library_loggers(path)
+    tracebacks = TracebacksToLog(path)
+    console_handlers = list(logging.getLogger().handlers)
+    for handler in console_handlers:
+        handler.addFilter(tracebacks)
     try:
         yield path
     finally:
+        for handler in console_handlers:
+            handler.removeFilter(tracebacks)
+        tracebacks.handler.close()
         logging.captureWarnings(False)
         if path in _bars_disabled:
             _bars_disabled.discard(path)
