@@ -290,9 +290,10 @@ def test_disk_full_during_a_pipeline_is_one_line_and_resume_completes(tmp_path, 
     full = _run(["generate", "p.yaml"], tmp_path)
     assert full.returncode == 1
     kept = sink.read_bytes().count(b"\n")
-    assert full.stderr.splitlines() == [
-        f"Error: no space left on the device; kept {kept} records in {sink}; "
-        "free some space and run the same command with --resume to continue"]
+    [line] = full.stderr.splitlines()  # the sink's or the checkpoint's write fails first: either is named
+    assert line.startswith("Error: no space left on the device")
+    assert line.endswith(f"; kept {kept} records in {sink}; free some space and run the same command with "
+                         "--resume to continue")
 
     _remount(small_tmpfs, "size=16m")
     resumed = _run(["generate", "p.yaml", "--resume"], tmp_path)
