@@ -36,6 +36,7 @@ __all__ = ["ENV_VAR", "ROUTED_LOGGERS", "LogFileHandler", "TracebacksToLog", "en
 ENV_VAR = "INSTRUCTMILL_ENGINE_LOG"
 #: Loggers whose records go to the log file instead of the console.
 ROUTED_LOGGERS: tuple[str, ...] = ("vllm", "transformers", "torch", "ray", "py.warnings", "filelock")
+_CONFIG_PREFIX = "instructmill-vllm-logging-"
 _FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 _state_lock = threading.Lock()
@@ -121,7 +122,11 @@ def reroute_library_loggers(path: str | None = None, *, transformers: bool = Fal
     if transformers and "transformers" not in sys.modules:
         with contextlib.suppress(ImportError):
             import transformers.utils.logging  # noqa: F401
+    users_vllm_config = os.environ.get("VLLM_CONFIGURE_LOGGING") == "0" or not os.path.basename(
+        os.environ.get("VLLM_LOGGING_CONFIG_PATH") or _CONFIG_PREFIX).startswith(_CONFIG_PREFIX)
     for name in ROUTED_LOGGERS:
+        if name == "vllm" and users_vllm_config:
+            continue
         logger = logging.getLogger(name)
         ours = [h for h in logger.handlers if getattr(h, "_instructmill_engine_log", False)
                 and getattr(h, "baseFilename", None) == os.path.abspath(path)]
@@ -156,12 +161,14 @@ def engine_logs_to(path: str | os.PathLike[str] | None) -> Iterator[str | None]:
     saved_env = {k: os.environ.get(k) for k in (ENV_VAR, "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING")}
     saved_loggers = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
                      for name in ROUTED_LOGGERS}
-    fd, config_path = tempfile.mkstemp(prefix="instructmill-vllm-logging-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_vllm_config(path), fh)
     os.environ[ENV_VAR] = path
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = config_path
-    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"  # vLLM refuses a config file when this is 0
+    config_path = None
+    if saved_env["VLLM_LOGGING_CONFIG_PATH"] is None and saved_env["VLLM_CONFIGURE_LOGGING"] != "0":
+        # (a user's own vLLM logging configuration wins)
+        fd, config_path = tempfile.mkstemp(prefix=_CONFIG_PREFIX, suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_vllm_config(path), fh)
+        os.environ["VLLM_LOGGING_CONFIG_PATH"] = config_path
     logging.captureWarnings(True)
     reroute_library_loggers(path)
     tracebacks = TracebacksToLog(path)
@@ -193,8 +200,9 @@ def engine_logs_to(path: str | os.PathLike[str] | None) -> Iterator[str | None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        with contextlib.suppress(OSError):
-            os.unlink(config_path)
+        if config_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(config_path)
         with contextlib.suppress(OSError):
             if os.path.getsize(path) == 0:  # nothing was logged (or the disk was full): no empty file
                 os.unlink(path)
