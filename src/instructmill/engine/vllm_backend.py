@@ -79,8 +79,13 @@ class VLLMBackend(LLMBackend):
         options: :class:`~instructmill.engine.llm.LLMEngineOptions` (passed through to ``vllm.LLM``).
 
     Raises:
-        InstructmillError: vLLM is not installed, or start-up ran out of memory (the message names
-            the options to lower).
+        InstructmillError: vLLM is not installed; start-up ran out of memory (the message names
+            the options to lower) or failed otherwise (the first line of vLLM's error, and the log
+            file when the CLI keeps one); while generating, the engine core process died.
+
+    Inside an ``instructmill`` command (a log file in ``INSTRUCTMILL_ENGINE_LOG``) the engine core
+    process is started with its stdout / stderr on that log, and vLLM's loggers write there too
+    (:mod:`instructmill.engine.logfile`).
     """
 
     name = "vllm"
