@@ -573,8 +573,11 @@ def test_a_dying_vllm_engine_is_one_line_and_its_traceback_goes_to_the_log(tmp_p
     log = tmp_path / "out" / "si.log"
     _wait_for(lambda: log.exists() and "init engine" in log.read_text(errors="replace"), 180, proc,
               "the engine started")
-    [engine] = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-    engine.kill()
+    assert proc.poll() is None, _console(tmp_path)
+    engines = [c for c in psutil.Process(proc.pid).children(recursive=True)
+               if "spawn_main" in " ".join(c.cmdline()) and c.ppid() == proc.pid]
+    assert engines, [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)]
+    engines[0].kill()
 
     assert proc.wait(timeout=60) == 1
     console = _console(tmp_path)
