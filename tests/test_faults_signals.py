@@ -496,19 +496,26 @@ def _seeds(path: Path, n: int = 8) -> None:
                                  "instances": [{"input": "", "output": f"A note about topic {i}."}]}) + "\n")
 
 
-def _engine_core_started(proc: subprocess.Popen) -> bool:
-    """vLLM's engine core: a process multiprocessing spawned (``spawn_main`` in its command line)."""
+def _engine_cores(proc: subprocess.Popen) -> list:
+    """vLLM's engine core: a child process multiprocessing spawned (``spawn_main`` in its command
+    line until it renames itself ``VLLM::EngineCore``)."""
     try:
-        children = psutil.Process(proc.pid).children(recursive=True)
+        children = psutil.Process(proc.pid).children()
     except psutil.NoSuchProcess:
-        return False
+        return []
+    found = []
     for child in children:
         try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                return True
+            cmdline = " ".join(child.cmdline())
         except psutil.Error:
             continue
-    return False
+        if "EngineCore" in cmdline or ("spawn_main" in cmdline and "resource_tracker" not in cmdline):
+            found.append(child)
+    return found
+
+
+def _engine_core_started(proc: subprocess.Popen) -> bool:
+    return bool(_engine_cores(proc))
 
 
 def _gone_soon(pids: list[int], seconds: float = 3.0) -> dict[int, str]:
@@ -574,10 +581,8 @@ def test_a_dying_vllm_engine_is_one_line_and_its_traceback_goes_to_the_log(tmp_p
     _wait_for(lambda: log.exists() and "init engine" in log.read_text(errors="replace"), 180, proc,
               "the engine started")
     assert proc.poll() is None, _console(tmp_path)
-    engines = [c for c in psutil.Process(proc.pid).children(recursive=True)
-               if "spawn_main" in " ".join(c.cmdline()) and c.ppid() == proc.pid]
-    assert engines, [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)]
-    engines[0].kill()
+    [engine] = _engine_cores(proc)
+    engine.kill()
 
     assert proc.wait(timeout=60) == 1
     console = _console(tmp_path)
