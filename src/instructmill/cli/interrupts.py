@@ -43,6 +43,8 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 GRACE_SECONDS = 8.0
 #: Seconds a child gets between SIGTERM and SIGKILL.
 CHILD_TERM_SECONDS = 3.0
+#: Seconds between repeats of an interrupt the main thread swallowed (see ``_watchdog``).
+RETHROW_SECONDS = 1.0
 #: errno values reported as "the disk is full".
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 #: errno values reported as "the output cannot be written there".
@@ -83,6 +85,8 @@ class _Guard:
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     said: threading.Lock = field(default_factory=threading.Lock)
     line_printed: bool = False
+    rethrow: bool = False
+    unwound: threading.Event = field(default_factory=threading.Event)  # the main thread reached the guard
 
 
 _current: _Guard | None = None
@@ -224,7 +228,9 @@ def _watchdog(guard: _Guard, signum: int) -> None:
 
     The children get SIGTERM at once (a terminal's Ctrl-C reached them already; ``kill`` did not),
     and SIGKILL after CHILD_TERM_SECONDS: vLLM's engine core only notes a SIGTERM while it is
-    still starting, and its parent waits for it before it lets the KeyboardInterrupt through.
+    still starting. vLLM's parent side swallows a KeyboardInterrupt raised while it waits for its
+    engine to start (``zmq_socket_ctx`` in vllm 0.32 catches it), so while the main thread is not
+    done the signal is raised in it again, every RETHROW_SECONDS: once out of that block it ends.
     """
     started = time.monotonic()
     with contextlib.suppress(Exception):
@@ -233,9 +239,41 @@ def _watchdog(guard: _Guard, signum: int) -> None:
         return
     with contextlib.suppress(Exception):
         reap_children(grace=1.0, spare=guard.spare)
-    if guard.finished.wait(max(0.0, GRACE_SECONDS - (time.monotonic() - started))):
+    while not guard.finished.is_set():
+        left = GRACE_SECONDS - (time.monotonic() - started)
+        if left <= 0:
+            break
+        if not guard.unwound.is_set():
+            _rethrow(guard, signum)
+        if guard.finished.wait(min(RETHROW_SECONDS, left)):
+            return
+    if guard.finished.is_set():
         return
+    _dump_stacks()
     _force_exit(guard, signum)
+
+
+def _rethrow(guard: _Guard, signum: int) -> None:
+    """Raise :class:`Interrupted` in the main thread again: a real signal to that thread, so that a
+    blocking call there returns (EINTR) and the handler runs."""
+    guard.rethrow = True
+    with contextlib.suppress(Exception):
+        signal.pthread_kill(threading.main_thread().ident, signum)
+
+
+def _dump_stacks() -> None:
+    """Every thread's stack into the log file (where the main thread was stuck), if there is one."""
+    import faulthandler
+
+    from ..engine.logfile import engine_log_path
+
+    path = engine_log_path()
+    if not path:
+        return
+    with contextlib.suppress(Exception), open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"instructmill: the run did not end within {GRACE_SECONDS:g} s of the signal; stacks:\n")
+        fh.flush()
+        faulthandler.dump_traceback(file=fh, all_threads=True)
 
 
 def _force_exit(guard: _Guard, signum: int) -> None:
@@ -252,6 +290,11 @@ def _handler(guard: _Guard):
             threading.Thread(target=_watchdog, args=(guard, signum), name="instructmill-interrupt-watchdog",
                              daemon=True).start()
             raise Interrupted(signum)
+        if guard.rethrow:  # the watchdog's repeat of a swallowed interrupt
+            guard.rethrow = False
+            if not guard.unwound.is_set():
+                raise Interrupted(guard.signum)
+            return
         # a second signal while the first one unwinds: stop now
         threading.Thread(target=_force_exit, args=(guard, guard.signum), daemon=True).start()
 
@@ -342,6 +385,7 @@ def command_guard(verbose: bool = False) -> Iterator[_Guard]:
         with _one_line_errors(guard):
             yield guard
     except BaseException as exc:
+        guard.unwound.set()
         # A library may swallow the KeyboardInterrupt (vLLM does while its engine starts) and fail
         # later because the watchdog stopped its children: after a signal, any ending is the signal's.
         if guard.signum is not None or (isinstance(exc, KeyboardInterrupt) and not isinstance(exc, click.Abort)):
@@ -368,10 +412,12 @@ def _one_line_errors(guard: _Guard) -> Iterator[None]:
     try:
         yield
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        guard.unwound.set()
         if guard.signum is None:  # else the interrupt's line is the one to print
             reap_children(spare=guard.spare)
         raise
     except Exception as exc:  # noqa: BLE001 - the command's last word: one line, never a traceback
+        guard.unwound.set()
         if guard.verbose or guard.signum is not None:
             raise
         found = _os_error(exc)
