@@ -6,8 +6,9 @@ group), which
 * turns SIGINT and SIGTERM into :class:`Interrupted` (a ``KeyboardInterrupt``) in the main
   thread, so ``with`` blocks close the run files and engines as on Ctrl-C;
 * ends the run within :data:`GRACE_SECONDS` of the signal whatever the main thread is doing (a
-  watchdog thread takes over when unwinding hangs, e.g. in an engine's start-up), and at once on
-  a second signal;
+  watchdog thread raises the interrupt again where a library swallowed it, as vLLM does while
+  its engine starts, and takes over when unwinding hangs), and at once on a second signal;
+  after the signal, further SIGINT / SIGTERM are ignored while the process exits;
 * stops the child processes the command started (vLLM's engine core, its workers): SIGTERM,
   then SIGKILL after :data:`CHILD_TERM_SECONDS`, and reaps them, so no zombie and no process
   holding a model's memory outlives the command;
