@@ -381,6 +381,8 @@ def command_guard(verbose: bool = False) -> Iterator[_Guard]:
     if threading.current_thread() is threading.main_thread():
         handler = _handler(guard)
         for signum in EXIT_CODES:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # e.g. SIGINT of a background job (`instructmill ... &` in a script): stays ignored
             installed[signum] = signal.signal(signum, handler)
     try:
         with _one_line_errors(guard):
