@@ -582,8 +582,8 @@ def test_a_vllm_engine_dying_while_it_starts_is_one_line_and_its_traceback_goes_
                    "--model", str(tiny_llama_4k), "--max-model-len", "512", "--num-instructions", "4"], tmp_path, env)
     log = tmp_path / "out" / "si.log"
     try:
-        _wait_for(lambda: log.exists() and "init engine" in log.read_text(errors="replace"), 240, proc,
-                  "the engine core had loaded the model")
+        _wait_for(lambda: log.exists() and "Starting to load model" in log.read_text(errors="replace"), 240, proc,
+                  "the engine core was loading the model")
         [engine] = _engine_cores(proc)
         engine.kill()
         assert proc.wait(timeout=60) == 1
