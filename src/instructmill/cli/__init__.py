@@ -1,7 +1,8 @@
 """The ``instructmill`` command line (click). Thin: parse flags, call the Python API, print a summary.
 
 Subcommands are imported only when used (click's lazy-group pattern), so ``instructmill --help``
-and the io / template paths start fast and never import an engine.
+and the io / template paths start fast and never import an engine. Every subcommand runs under
+:func:`instructmill.cli.interrupts.command_guard` (Ctrl-C / kill / disk full -> one line).
 """
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ class LazyGroup(click.Group):
             module, attr = self.lazy_commands[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand under :func:`~instructmill.cli.interrupts.command_guard`: SIGINT /
+        SIGTERM, a full disk and unexpected errors end it with one line (exit 130 / 143 / 1)."""
+        from .interrupts import command_guard
+
+        with command_guard(verbose=bool(ctx.params.get("verbose"))):
+            return super().invoke(ctx)
 
 
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS,

@@ -41,14 +41,25 @@ def io_options(func: Callable) -> Callable:
 
 
 def user_errors(func: Callable) -> Callable:
-    """Turn instructmill's user errors into one clear message (no traceback)."""
+    """Turn instructmill's user errors into one clear message (no traceback).
+
+    Also tells the command guard (:mod:`.interrupts`) about the ``output`` file, so that an
+    interrupt's line counts what was kept there and engine logs go to the log file beside it.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from . import interrupts
+
         try:
+            if isinstance(kwargs.get("output"), str):
+                interrupts.watch_output(kwargs["output"])
             return func(*args, **kwargs)
         except InstructmillError as exc:
-            raise click.ClickException(str(exc)) from exc
+            message = interrupts.one_line(exc)
+            if message is None:
+                raise  # a full disk / read-only output inside: the command guard's line says what was kept
+            raise click.ClickException(message) from exc
         except FileNotFoundError as exc:
             raise click.ClickException(f"file not found: {exc.filename}") from exc
 

@@ -6,6 +6,7 @@ import time
 import click
 
 from .common import user_errors
+from .interrupts import watch_output
 
 
 @click.command("generate")
@@ -91,12 +92,11 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
         click.echo(f"{pipeline}: ok ({len(spec.sources)} source(s), {len(spec.stages)} stage(s), "
                    f"{len(spec.engines)} engine(s), {len(spec.sinks)} sink(s))", err=True)
         return
+    for sink in spec.sinks:  # an interrupt's line counts these; engine logs go beside the first
+        watch_output(str(spec.resolve(sink.path)))
     started = time.perf_counter()
-    try:
-        report = pipe.run(resume=resume, overwrite=overwrite, progress=progress, executor=executor, ray=ray_options)
-    except KeyboardInterrupt:
-        click.echo("interrupted; what was done is kept: run again with --resume to continue", err=True)
-        raise SystemExit(130) from None
+    # Ctrl-C / kill: the command guard (cli/interrupts.py) prints what the sinks kept and the --resume hint
+    report = pipe.run(resume=resume, overwrite=overwrite, progress=progress, executor=executor, ray=ray_options)
     lines = []
     for name, source in report["sources"].items():
         line = f"source {name}: {source['records']} records"

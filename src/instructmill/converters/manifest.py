@@ -34,13 +34,80 @@ from typing import Any
 
 from ..errors import ConversionError, VerificationError
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "read_manifest", "write_manifest",
-           "load_verified_manifest"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "FIELD_TYPES", "check_field_types", "read_manifest",
+           "write_manifest", "load_verified_manifest"]
 
 MANIFEST_NAME = "instructmill.json"
 MANIFEST_FORMAT = "instructmill-ct2/1"
 _REQUIRED = ("format", "kind", "architecture", "source", "quantization", "tokenizer", "decoding",
              "verification")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+_STR = ("a string", lambda v: isinstance(v, str))
+_OPT_STR = ("a string or null", _optional(lambda v: isinstance(v, str)))
+_OBJECT = ("an object", lambda v: isinstance(v, dict))
+_OPT_OBJECT = ("an object or null", _optional(lambda v: isinstance(v, dict)))
+_INT = ("an integer", _is_int)
+_OPT_INT = ("an integer or null", _optional(_is_int))
+_NUMBER = ("a number", _is_number)
+_OPT_BOOL = ("true, false or null", _optional(lambda v: isinstance(v, bool)))
+_STR_LIST = ("a list of strings", _is_str_list)
+_TOKEN_SEQUENCES = ("a list of lists of strings", lambda v: isinstance(v, list) and all(map(_is_str_list, v)))
+
+#: The type of every manifest field a reader uses ("parent.child" for nested ones): a field that
+#: is present must have it. Readers rely on these types, so a hand-edited or damaged manifest is
+#: refused with one line naming the field, not with a TypeError deep inside an engine.
+FIELD_TYPES: dict[str, tuple[str, Any]] = {
+    "format": _STR, "kind": _STR, "architecture": _STR, "source": _STR, "revision": _OPT_STR,
+    "quantization": _STR, "tokenizer": _OBJECT, "languages": _OPT_OBJECT, "decoding": _OBJECT,
+    "max_input_tokens": _OPT_INT, "verification": _OBJECT,
+    "tokenizer.type": _STR, "tokenizer.source_spm": _STR, "tokenizer.target_spm": _STR,
+    "tokenizer.source_prefix": _STR_LIST, "tokenizer.source_suffix": _STR_LIST,
+    "tokenizer.language_tokens": _STR, "tokenizer.source_lang_token": _OPT_STR,
+    "tokenizer.target_lang_token": _OPT_STR,
+    "languages.source": _OPT_STR, "languages.target": _OPT_STR,
+    "decoding.beam_size": _INT, "decoding.max_decoding_length": _INT, "decoding.length_penalty": _NUMBER,
+    "decoding.suppress_sequences": _TOKEN_SEQUENCES, "decoding.end_token": _STR_LIST,
+    "decoding.repetition_penalty": _NUMBER, "decoding.no_repeat_ngram_size": _INT,
+    "decoding.sampling": _OBJECT,
+    "verification.passed": _OPT_BOOL, "verification.detail": _OPT_STR, "verification.reference": _OPT_STR,
+}
+
+
+def check_field_types(data: dict[str, Any], where: str | Path) -> None:
+    """Check every field of :data:`FIELD_TYPES` that ``data`` has (nested ones when their parent is
+    an object).
+
+    Raises:
+        ConversionError: ``<where>: field 'decoding.beam_size' must be an integer, not '4' (str);
+            ...`` for the first field of the wrong type.
+    """
+    for name, (expected, check) in FIELD_TYPES.items():
+        parent, _, key = name.rpartition(".")
+        holder = data.get(parent) if parent else data
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        value = holder[key]
+        if not check(value):
+            raise ConversionError(
+                f"{where}: field {name!r} must be {expected}, not {value!r} ({type(value).__name__}); "
+                "the manifest was edited or damaged: convert the model again (`instructmill convert`)")
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
@@ -67,7 +134,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
     Returns the manifest dict. Raises :class:`ConversionError` if the folder or the manifest is
     missing (the folder was not made by ``instructmill convert``), is not valid JSON, has another
-    ``format`` or lacks required keys.
+    ``format``, lacks required keys or has a field of the wrong type (:data:`FIELD_TYPES`).
     """
     folder = Path(folder)
     path = folder / MANIFEST_NAME
@@ -89,8 +156,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ConversionError(f"{path} lacks required keys: {', '.join(missing)}")
-    if not isinstance(data["verification"], dict):
-        raise ConversionError(f"{path}: 'verification' must be an object")
+    check_field_types(data, path)
     return data
 
 

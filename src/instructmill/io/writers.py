@@ -207,29 +207,54 @@ class JsonlWriter:
         than :data:`STREAM_CHARS` characters of text is streamed instead (its long strings in 1 MiB
         slices), so a 20-million-character record costs no extra whole copies; a crash during it
         leaves a torn last line, which ``io.resume`` repairs like any other.
+
+        Raises:
+            OSError: the write failed (disk full, read-only file system...); it names this
+                writer's path, and the writer is closed.
+            ValueError: the writer is closed.
         """
         if self._fh.closed:
             raise ValueError(f"{self.path} is closed")
         pending: list[bytes] = []
         count = 0
-        for obj in objs:
-            count += 1
-            if _text_size(obj, STREAM_CHARS) < STREAM_CHARS:
-                pending.append(dumps_line(obj))
-                continue
+        try:
+            for obj in objs:
+                count += 1
+                if _text_size(obj, STREAM_CHARS) < STREAM_CHARS:
+                    pending.append(dumps_line(obj))
+                    continue
+                if pending:
+                    self._fh.write(b"".join(pending))
+                    pending = []
+                _stream_json(obj, self._fh)
+                self._fh.write(b"\n")
+            if not count:
+                return 0
             if pending:
                 self._fh.write(b"".join(pending))
-                pending = []
-            _stream_json(obj, self._fh)
-            self._fh.write(b"\n")
-        if not count:
-            return 0
-        if pending:
-            self._fh.write(b"".join(pending))
-        self._fh.flush()
-        self._sync()
+            self._fh.flush()
+            self._sync()
+        except OSError as exc:
+            self._abandon()
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
         self.lines_written += count
         return count
+
+    def _abandon(self) -> None:
+        """Close the file after a failed write without flushing again: what did not reach the
+        file (disk full, read-only) is dropped here, and the torn line it may leave is repaired
+        by ``io.resume`` on ``--resume``. A second error from the same full disk would only
+        hide the first."""
+        raw = getattr(self._fh, "raw", None)
+        try:
+            if raw is not None:
+                raw.close()  # the buffered layer then has nothing to flush into
+        except OSError:
+            pass
+        try:
+            self._fh.close()
+        except (OSError, ValueError):
+            pass
 
     @property
     def closed(self) -> bool:
@@ -241,8 +266,10 @@ class JsonlWriter:
             try:
                 self._fh.flush()
                 self._sync(force=True)
-            finally:
-                self._fh.close()
+            except OSError as exc:
+                self._abandon()
+                raise OSError(exc.errno, exc.strerror, self.path) from exc
+            self._fh.close()
 
     def __enter__(self) -> JsonlWriter:
         return self

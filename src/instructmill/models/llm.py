@@ -310,13 +310,18 @@ def _how_to_offline() -> str:
 def _ct2_build(hf_dir: Path, quantization: str) -> Callable[[Path], None]:
     def build(target: Path) -> None:
         from ..converters import convert_model
+        from ..engine.logfile import reroute_library_loggers
 
+        reroute_library_loggers(transformers=True)  # a command's conversion logs to its log file
         convert_model(hf_dir, target, quantization=quantization, force=True)
     return build
 
 
 def _hf_from_gguf(name: str, gguf_path: Path, force: bool) -> Path:
     from ..converters.gguf import gguf_to_hf
+    from ..engine.logfile import reroute_library_loggers
+
+    reroute_library_loggers(transformers=True)  # a command's conversion logs to its log file
 
     return _build_once(_format_dir(name, "hf", ""), _hf_ready,
                        lambda target: gguf_to_hf(gguf_path, target, force=True), force)
@@ -422,13 +427,16 @@ def resolve_llm(spec: str | os.PathLike | None = None, *, fmt: str = "hf",
             raise ModelNotFoundError(f"{folder} has neither config.json (an HF model folder) "
                                      f"nor {_MANIFEST} (a converted folder)")
         if fmt == "hf":
+            from ..converters.resolve import check_pickle_weights
+
+            check_pickle_weights(folder)  # vLLM / transformers would stop on it with a raw traceback
             return folder
         return _ct2_of(_slug(str(folder)), folder, quantization, force)
 
-    from ..converters.resolve import _looks_like_path
+    from ..converters.resolve import _looks_like_path, missing_folder
 
     if _looks_like_path(text) or text.lower().endswith(".gguf"):
-        raise ModelNotFoundError(f"model {text} does not exist (known names: "
+        raise ModelNotFoundError(f"{missing_folder(text)} (a model is a known name: "
                                  f"{', '.join(sorted(KNOWN_LLMS))}; or a folder, a GGUF file "
                                  "or a hub id)")
     return _resolve_hub(text, fmt, quantization, fetch, force)

@@ -34,7 +34,9 @@ def resolve_ct2_model(spec: str, *, quantization: str = "int8", revision: str | 
     if is_ct2_folder(target) and (target / "instructmill.json").is_file():
         return str(target)
     from ..converters import convert_model
+    from ..engine.logfile import reroute_library_loggers
 
+    reroute_library_loggers(transformers=True)  # a command's conversion logs to its log file, not the console
     convert_model(spec, str(target), quantization=quantization, revision=revision, force=True)
     return str(target)
 
