@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from instructmill.io.lock import lock_path
+
 psutil = pytest.importorskip("psutil")
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -265,7 +267,8 @@ def test_read_only_output_ends_in_one_line_and_resume_completes_once_writable(tm
 
     assert readonly.returncode == 1
     assert readonly.stderr.splitlines() == [
-        f"Error: cannot write {out}: the file system is read-only; kept {kept} records in {out}; "
+        # the first file a run writes is its lock beside the output (io/lock.py)
+        f"Error: cannot write {lock_path(out)}: the file system is read-only; kept {kept} records in {out}; "
         "make the folder writable and run the same command with --resume to continue"]
     fresh = _run(["template", "in.jsonl", "-o", str(small_tmpfs / "new" / "t.jsonl"), "-t", "t.yaml"], tmp_path)
     assert fresh.returncode == 1
