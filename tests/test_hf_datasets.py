@@ -324,3 +324,23 @@ def test_without_datasets_one_line_says_how_to_install(monkeypatch):
     with pytest.raises(InstructmillError) as info:
         to_dataset(_records())
     assert str(info.value) == "Hugging Face datasets is not installed: pip install 'instructmill[datasets]'"
+
+
+def test_pipeline_takes_datasets_in_memory_and_resumes(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from instructmill.pipeline import Pipeline
+
+    rows = [{"id": f"d{i}", "question": f"Why is item {i} red?", "answer": "Because it is painted."} for i in range(12)]
+    spec = {"sources": {"rows": {"path": str(tmp_path / "rows.jsonl")}},
+            "stages": [{"method": "template", "template": "qa"}],
+            "sinks": [{"path": str(tmp_path / "out.jsonl")}], "settings": {"progress": False, "report": False}}
+    for ds in (datasets.Dataset.from_list(rows), datasets.Dataset.from_list(rows).to_iterable_dataset()):
+        report = Pipeline(spec, datasets={"rows": ds}).run(overwrite=True)
+        out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in out] == [f"d{i}" for i in range(12)]
+        assert out[3]["instruction"].startswith("Why is item 3 red?")
+        assert report["sinks"]["out"]["total_ok"] == 12
+    # the same rows again: the written source is kept, so a resume is accepted
+    Pipeline(spec, datasets={"rows": datasets.Dataset.from_list(rows)}).run(resume=True)
+    with pytest.raises(Exception, match="not sources"):
+        Pipeline(spec, datasets={"other": rows})

@@ -58,18 +58,70 @@ class Pipeline:
         base_dir: folder for relative paths of a mapping ``spec`` (default: the current one).
         service_factory: builds the shared engine services (default:
             :mod:`instructmill.pipeline.services`).
+        datasets: source name -> rows held in memory: a ``datasets.Dataset``, an
+            ``IterableDataset`` (streamed) or any iterable of dicts. Each is written, before the
+            run, as JSONL to the path its source declares (a file the run can fingerprint and
+            resume from; rewritten only when the rows changed), then read like any source.
 
     Raises:
         PipelineSpecError: the mapping is invalid.
+        OptionError: a ``datasets`` name that is no source of the pipeline.
     """
 
     def __init__(self, spec: PipelineSpec | Mapping[str, Any], *, engines: dict[str, Any] | None = None,
-                 base_dir: str | os.PathLike[str] | None = None, service_factory: Any = None):
+                 base_dir: str | os.PathLike[str] | None = None, service_factory: Any = None,
+                 datasets: Mapping[str, Any] | None = None):
         if not isinstance(spec, PipelineSpec):
             spec = parse_spec(spec, base_dir=base_dir or os.getcwd())
         self.spec = spec
         self.engines = engines
         self.service_factory = service_factory
+        self.datasets = dict(datasets or {})
+        unknown = sorted(set(self.datasets) - set(spec.sources))
+        if unknown:
+            from ..errors import OptionError
+
+            raise OptionError("datasets", unknown, f"not sources of this pipeline ({', '.join(spec.sources)})")
+
+    def _write_datasets(self) -> None:
+        """Write every in-memory source to its declared path (atomically; kept when unchanged)."""
+        import hashlib
+        import tempfile
+
+        from ..io.resume import file_sha256
+        from ..io.writers import dumps_line
+
+        for name, rows in self.datasets.items():
+            if isinstance(rows, (str, bytes, Mapping)):
+                from ..errors import OptionError
+
+                raise OptionError(f"datasets.{name}", type(rows).__name__,
+                                  "give a datasets.Dataset / IterableDataset or an iterable of dicts (one split)")
+            path = self.spec.resolve(self.spec.sources[name].path)
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            digest = hashlib.sha256()
+            fd, tmp = tempfile.mkstemp(prefix=".dataset-", suffix=".jsonl", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    for i, row in enumerate(rows, start=1):
+                        try:
+                            line = dumps_line(dict(row) if isinstance(row, Mapping) else row)
+                        except (TypeError, ValueError) as exc:
+                            from ..errors import OptionError
+
+                            raise OptionError(f"datasets.{name}", f"row {i}", f"cannot be stored as JSON ({exc})") \
+                                from None
+                        digest.update(line)
+                        fh.write(line)
+                if os.path.exists(path) and file_sha256(path) == digest.hexdigest():
+                    os.unlink(tmp)  # same rows: keep the file (and its resume fingerprint) as it is
+                else:
+                    os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None,
@@ -106,6 +158,8 @@ class Pipeline:
         from ..errors import OptionError
         from .ray_state import check_executor
 
+        if self.datasets:
+            self._write_datasets()
         if executor not in ("local", "ray"):
             raise OptionError("executor", executor, "choose local or ray")
         if executor == "ray":
