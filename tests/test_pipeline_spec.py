@@ -176,7 +176,7 @@ def test_toml_file_is_the_same_pipeline(tmp_path):
      "num_instructions, prompt_style"),
     ("  - method: respond", "  - method: answer_it", "stages[1].method",
      "unknown method 'answer_it'; choose one of template, self-instruct, respond, humpback, evolve, "
-     "back-translate, filter, dedup"),
+     "judge, back-translate, filter, dedup"),
     ("    num_instructions: 120", "    num_instructions: many", "stages[0].num_instructions",
      "must be an integer, got a string ('many')"),
     ("    prompts_per_round: 8", "    rouge_threshold: 2", "stages[0].rouge_threshold",

@@ -105,8 +105,8 @@ def test_filter_rules_in_order():
             FilterOptions(**bad)
 
 
-def test_windows_are_sized_by_time_on_engines_that_batch_themselves():
-    from instructmill.methods.base import MIN_WINDOW
+def test_windows_are_cut_by_work_on_engines_that_batch_themselves():
+    from instructmill.methods.base import WINDOW_TOKENS
     from instructmill.methods.respond import RespondOptions, Responder
     from instructmill.records import InputRecord
 
@@ -118,10 +118,12 @@ def test_windows_are_sized_by_time_on_engines_that_batch_themselves():
             return super().generate(prompts, params)
 
     llm = CountingLLM(lambda prompt, seed: "An answer.")
-    assert llm.window_tokens() is None  # like vLLM: no token budget
-    records = [InputRecord(id=f"r{i}", line=i + 1, fields={"instruction": f"Q{i}?"}, shape="alpaca")
-               for i in range(300)]
-    out = list(Responder(llm, RespondOptions(records_per_batch=256)).process(records))
-    assert [r.id for r in out] == [f"r{i}" for i in range(300)]
-    # a fast engine: windows start at MIN_WINDOW and double up to records_per_batch
-    assert sizes[:3] == [MIN_WINDOW, 2 * MIN_WINDOW, 4 * MIN_WINDOW] and max(sizes) <= 256 and sum(sizes) == 300
+    assert llm.window_tokens() is None  # like vLLM: no token budget of its own
+    long_text = "word " * 2000  # ~10,000 characters: a window holds only a few such records
+    records = [InputRecord(id=f"r{i}", line=i + 1, fields={"instruction": f"Q{i}? {long_text}"}, shape="alpaca")
+               for i in range(40)]
+    options = RespondOptions(records_per_batch=256)
+    out = list(Responder(llm, options).process(records))
+    assert [r.id for r in out] == [f"r{i}" for i in range(40)]
+    cost = len(f"Q0? {long_text}") + options.sampling.max_tokens  # FakeLLM: one token per character
+    assert sizes[0] == WINDOW_TOKENS // cost and sum(sizes) == 40 and len(sizes) > 1

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..arguments import input_records as as_input_records
 from ..arguments import texts as as_texts
@@ -33,7 +33,7 @@ from ..engine.chain import translate_chain
 from ..engine.scheduler import BatchingOptions
 from ..engine.translation import TranslationBackend
 from ..errors import OptionError, RecordError
-from ..iterutil import ChunkSizer
+from ..engine.scheduler import budget_windows
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
 from .quality import QualityOptions, check_round_trip, worst_status
 from .segmentation import Document, Segmenter
@@ -50,8 +50,8 @@ class BackTranslationOptions:
             appended when there is more than one).
         fields: Example fields to paraphrase (``instruction``, ``input``, ``output``).
         chunk_size: the most records translated together (bounds memory; bigger = fuller batches).
-            Chunks start small and grow while one takes under ~2 s, so output is written every
-            few seconds whatever the record length (:class:`~instructmill.iterutil.ChunkSizer`).
+            A chunk also ends at :data:`CHUNK_CHARS` characters, so output is written every few
+            seconds whatever the record length.
         quality: thresholds for the output checks.
     """
 
@@ -96,6 +96,21 @@ class Paraphrase:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+#: Most characters of the paraphrased fields in one chunk: ~5,000 tokens, a few seconds of both hops
+#: on 2 CPU cores, so finished records are written every few seconds whatever their length.
+CHUNK_CHARS = 20_000
+
+
+def _record_chars(record: Any, fields: Sequence[str]) -> int:
+    """Characters of ``fields`` in a record's raw row (a cheap, deterministic size)."""
+    values = getattr(record, "fields", None) or {}
+    total = sum(len(v) for k, v in values.items() if isinstance(v, str) and (k in fields or k not in EXAMPLE_FIELDS))
+    for turns in (values.get("conversations"), values.get("messages")):
+        if isinstance(turns, list):
+            total += sum(len(str(t.get("value") or t.get("content") or "")) for t in turns if isinstance(t, dict))
+    return total
+
+
 class BackTranslator:
     """Paraphrases texts and records by translating to pivot languages and back.
 
@@ -124,7 +139,6 @@ class BackTranslator:
         self.options = options or BackTranslationOptions()
         self.batching = batching or BatchingOptions()
         self.ct2_options = ct2_options
-        self._sizer = ChunkSizer(self.options.chunk_size)
         if models is None:
             from ..models.translation import load_round_trip
 
@@ -248,8 +262,12 @@ class BackTranslator:
         return self._process(as_input_records(records))
 
     def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        # chunks sized by time (at most chunk_size): finished records reach the output every few seconds
-        for chunk in self._sizer.chunks(records):
+        # chunks cut by text size as well as count (at most chunk_size records, CHUNK_CHARS characters):
+        # long records reach the output every few seconds; a deterministic cut keeps batches, and so
+        # outputs, the same from run to run (int8 results depend on a batch's padding)
+        fields = self.options.fields
+        for chunk in budget_windows(records, lambda rec: _record_chars(rec, fields), max_items=self.options.chunk_size,
+                                    max_cost=CHUNK_CHARS):
             yield from self._process_chunk(chunk)
 
     def _process_chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:

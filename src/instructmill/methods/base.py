@@ -9,10 +9,9 @@ window becomes engine requests and how results become records; the base class do
   (:func:`instructmill.arguments.input_records`; a bare string is a ``TypeError``), streamed;
 * windows of at most ``options.records_per_batch`` records and, on engines that batch by a token
   budget (CTranslate2, transformers), at most ``llm.window_tokens()`` tokens of work
-  (:meth:`record_cost`, :func:`~instructmill.engine.scheduler.budget_windows`); on engines that
-  schedule their own batches (vLLM, servers) windows are sized to take about
-  :data:`WINDOW_SECONDS` (:class:`~instructmill.iterutil.ChunkSizer`, at least :data:`MIN_WINDOW`
-  records): each window's records reach the writer before the next window starts;
+  (:meth:`record_cost`, :func:`~instructmill.engine.scheduler.budget_windows`), on engines that
+  schedule their own batches (vLLM, servers) at most :data:`WINDOW_TOKENS`: each window's records
+  reach the writer before the next window starts, and the cut depends on the input only;
 * :meth:`_record` builds an output record with the method's provenance and counts it in the
   summary (``records``, ``ok``, ``discarded`` by status).
 
@@ -26,15 +25,13 @@ from typing import Any, Iterable, Iterator
 
 from ..arguments import input_records
 from ..engine.scheduler import budget_windows
-from ..iterutil import ChunkSizer
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 
-__all__ = ["MIN_WINDOW", "RecordMethod", "WINDOW_SECONDS"]
+__all__ = ["RecordMethod", "WINDOW_TOKENS"]
 
-#: Seconds a window should take on engines that schedule their own batches (vLLM, servers).
-WINDOW_SECONDS = 8.0
-#: Fewest records in such a window: enough requests in flight for continuous batching to pay.
-MIN_WINDOW = 32
+#: Tokens of work (prompts + most new tokens) in one window on engines that schedule their own
+#: batches (vLLM, servers): 256 requests of ~250 tokens, enough to keep continuous batching full.
+WINDOW_TOKENS = 65_536
 
 
 class RecordMethod:
@@ -62,19 +59,12 @@ class RecordMethod:
         return self._process(input_records(records))
 
     def _process(self, records: Iterable[InputRecord]) -> Iterator[OutputRecord]:
-        max_cost = self.llm.window_tokens()
-        if max_cost is not None:
-            windows = budget_windows(records, self.record_cost, max_items=self.options.records_per_batch,
-                                     max_cost=max_cost)
-        else:
-            # engines that schedule their own batches (vLLM, servers): windows sized by time, so a
-            # window of long generations on a CPU does not hold minutes of finished records back
-            # from the writer; on a fast engine they grow to records_per_batch and keep it full
-            sizer = getattr(self, "_window_sizer", None)
-            if sizer is None:
-                sizer = self._window_sizer = ChunkSizer(self.options.records_per_batch, target_seconds=WINDOW_SECONDS,
-                                                        min_size=min(MIN_WINDOW, self.options.records_per_batch))
-            windows = sizer.chunks(records)
+        # engines that schedule their own batches (vLLM, servers) get windows of WINDOW_TOKENS of
+        # work: long generations on a CPU then reach the writer every few windows, not after
+        # minutes; the cut depends on the input only, so runs stay reproducible
+        max_cost = self.llm.window_tokens() or WINDOW_TOKENS
+        windows = budget_windows(records, self.record_cost, max_items=self.options.records_per_batch,
+                                 max_cost=max_cost)
         for window in windows:
             yield from self._chunk(window)
 
@@ -89,6 +79,8 @@ class RecordMethod:
         """Tokens of engine work one record costs: its text fields, tokenized as the engine does, plus
         :meth:`max_new_tokens` (called only on engines that batch by a token budget)."""
         text = "\n".join(v for v in record.fields.values() if isinstance(v, str))
+        if not getattr(self.llm, "tokenizes_locally", True):  # a server counts tokens: ~4 characters each
+            return len(text) // 4 + self.max_new_tokens()
         return self.llm.count_tokens(text) + self.max_new_tokens()
 
     def record_settings(self) -> dict[str, Any]:  # pragma: no cover - abstract

@@ -47,7 +47,6 @@ from ..errors import InstructmillError, RecordError, ResumeError
 from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
 from ..progress import Heartbeat
-from ..iterutil import ChunkSizer
 from ..records import STATUS_OK, Example, OutputRecord
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line, encode_record
 from .engines import EngineRegistry, ServiceFactory
@@ -61,6 +60,16 @@ log = logging.getLogger("instructmill.pipeline")
 
 _END = object()  # end-of-stream marker
 _POLL = 0.1       # seconds between checks of the stop flag while blocked
+
+
+#: Most characters of example text in one window of a stage with ``timed_window`` (back-translate):
+#: a few seconds of work on 2 CPU cores, so its checkpoint lines come every few seconds.
+WINDOW_CHARS = 20_000
+
+
+def _example_chars(example: Example) -> int:
+    return (len(example.instruction) + len(example.input) + len(example.output)
+            + sum(len(u) + len(a) for u, a in example.history))
 
 
 class PipelineError(InstructmillError):
@@ -281,9 +290,10 @@ class StageNode(_Node):
         self.flush_seconds = flush_seconds
         self.resumed = resumed
         self._busy_lock = threading.Lock()
-        # windows of long records would hold minutes of work before their checkpoint line:
-        # such stages size windows by time (the window option is the most)
-        self._sizer = ChunkSizer(stage.window) if stage.timed_window else None
+        # windows of long records would hold minutes of work before their checkpoint line: such
+        # stages also end a window at a size in characters (deterministic, so the same input gives
+        # the same windows, batches and outputs in every run)
+        self._chars = 0
 
     # ----------------------------------------------------------------- replay
     def _replay(self) -> None:
@@ -323,8 +333,6 @@ class StageNode(_Node):
         result = process_rows(self.stage, [window])
         with self._busy_lock:
             self.stats.busy_seconds += result.busy_seconds
-            if self._sizer is not None and sum(1 for it in window if self.stage.wants(it)) >= self._sizer.size:
-                self._sizer.observe(result.busy_seconds)
         return result.lines, result.rows[0], result.produced
 
     def run(self) -> None:
@@ -334,8 +342,9 @@ class StageNode(_Node):
         cap = 2 * stage.window + 64  # window length incl. pass-through records
 
         def full(wanted: int, length: int) -> bool:
-            size = self._sizer.size if self._sizer is not None else stage.window
-            return wanted >= size or length >= min(cap, 2 * size + 64)
+            if stage.timed_window and self._chars >= WINDOW_CHARS:
+                return True
+            return wanted >= stage.window or length >= cap
 
         inflight: collections.deque[tuple[list[Item], cf.Future]] = collections.deque()
         pool = cf.ThreadPoolExecutor(max_workers=stage.concurrency, thread_name_prefix=f"stage-{self.name}")
@@ -365,17 +374,20 @@ class StageNode(_Node):
                 except queue.Empty:
                     if window and len(inflight) < stage.concurrency:
                         submit(window)
-                        window, wanted = [], 0
+                        window, wanted, self._chars = [], 0, 0
                     harvest(block=False)
                     continue
                 if item is _END:
                     break
                 self.stats.records_in += 1
                 window.append(item)
-                wanted += stage.wants(item)
+                if stage.wants(item):
+                    wanted += 1
+                    if stage.timed_window:
+                        self._chars += _example_chars(item.record.example)
                 if full(wanted, len(window)):
                     submit(window)
-                    window, wanted = [], 0
+                    window, wanted, self._chars = [], 0, 0
                 harvest(block=False)
             if window:
                 submit(window)
