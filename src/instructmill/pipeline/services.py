@@ -267,6 +267,10 @@ class _LLMClient(LLMBackend):
         with self._service._tokenizer_lock:
             return self._service.backend.decode(token_ids)
 
+    def count_tokens(self, prompt: Prompt) -> int:
+        with self._service._tokenizer_lock:
+            return self._service.backend.count_tokens(prompt)
+
     def is_empty(self, prompt: Prompt) -> bool:  # type: ignore[override]
         return self._service.backend.is_empty(prompt)
 
