@@ -144,7 +144,7 @@ def test_server_killed_mid_run_then_resumed(server, tmp_path):
     out = tmp_path / "r.jsonl"
     spec = _pipeline(tmp_path, server.url, data, out, max_retries=1, max_concurrency=2)
     # every answer runs to 96 tokens: the run is surely still working when the server is killed
-    spec["stages"][0]["sampling"] = {"temperature": 0, "max_tokens": 96, "ignore_eos": True}
+    spec["stages"][0].update(sampling={"temperature": 0, "max_tokens": 96, "ignore_eos": True}, keep_truncated=True)
     spec_file.write_text(json.dumps(spec))
     yaml_file = tmp_path / "p.yaml"
     import yaml
@@ -173,7 +173,7 @@ def test_server_killed_mid_run_then_resumed(server, tmp_path):
 
     again = tmp_path / "again.jsonl"
     spec = _pipeline(tmp_path, server.url, data, again)
-    spec["stages"][0]["sampling"] = {"temperature": 0, "max_tokens": 96, "ignore_eos": True}
+    spec["stages"][0].update(sampling={"temperature": 0, "max_tokens": 96, "ignore_eos": True}, keep_truncated=True)
     yaml_file.write_text(yaml.safe_dump(spec))
     assert subprocess.run([sys.executable, "-m", "instructmill", "generate", str(yaml_file)],
                           capture_output=True, text=True, timeout=300).returncode == 0
