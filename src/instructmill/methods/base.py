@@ -86,6 +86,16 @@ class RecordMethod:
     def record_settings(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _example(self, record: InputRecord) -> Example | OutputRecord:
+        """The record's example, or (when its shape has none) its ``invalid_record`` output record."""
+        from ..errors import RecordError
+        from ..io.readers import to_example
+
+        try:
+            return to_example(record)
+        except RecordError as exc:
+            return self._record(record.id, Example(instruction=""), "invalid_record", {"error": str(exc)})
+
     def _record(self, rid: str, example: Example, status: str, extra: dict[str, Any]) -> OutputRecord:
         """One output record with the method's provenance, counted in the summary."""
         self.summary.add("records", 1)

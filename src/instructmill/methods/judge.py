@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
-from ..errors import OptionError, RecordError
+from ..errors import OptionError
 from ..records import STATUS_OK, Example, InputRecord, OutputRecord
 from .base import RecordMethod
 from .llm_parsing import extract_json, parse_score
@@ -134,16 +134,13 @@ class Judge(RecordMethod):
         return [{"role": "user", "content": text}]
 
     def _chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
-        from ..io.readers import to_example
-
         started = time.perf_counter()
         out: list[OutputRecord | None] = [None] * len(chunk)
         todo: list[tuple[int, Example]] = []
         for i, record in enumerate(chunk):
-            try:
-                example = to_example(record)
-            except RecordError as exc:
-                out[i] = self._record(record.id, Example(instruction=""), "invalid_record", {"error": str(exc)})
+            example = self._example(record)
+            if isinstance(example, OutputRecord):
+                out[i] = example
                 continue
             if not example.output.strip():
                 out[i] = self._record(record.id, example, "empty_output", {"detail": "no answer to judge"})
