@@ -149,6 +149,9 @@ def print_summary(summary: dict[str, Any], extra_lines: list[str] | None = None)
                      + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())) + ")")
     if summary.get("errors"):
         lines.append(f"unreadable input lines: {summary['errors']} -> {paths.errors}")
+    if summary.get("duplicate_ids"):
+        lines.append(f"warning: {summary['duplicate_ids']} input records repeat an earlier record's id; each is "
+                     "kept under a derived id (" + ", ".join(summary["duplicate_id_examples"]) + ")")
     if summary.get("repaired"):
         lines.append("repaired torn lines: " + ", ".join(f"{k}: {v}" for k, v in summary["repaired"].items() if v))
     lines.extend(extra_lines or [])
