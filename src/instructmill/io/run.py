@@ -41,6 +41,7 @@ from instructmill.io.resume import (
     write_state,
 )
 from instructmill.io.writers import WRITE_FORMATS, JsonlWriter, format_record
+from instructmill.figures import QualityFigures
 from instructmill.records import STATUS_OK, OutputRecord
 
 __all__ = ["Run", "open_run"]
@@ -242,6 +243,7 @@ class Run:
         self._previous_errors = len(self.done_error_lines)
         self._read = 0
         self._skipped = 0
+        self.figures = QualityFigures()  # this session's quality figures (figures.py)
         self._renamed = 0
         self._renamed_examples: list[tuple[str, str]] = []
         self._by_status: Counter[str] = Counter()
@@ -311,6 +313,8 @@ class Run:
         while len(self._recent) > RECENT_IDS:
             self._recent.popitem(last=False)
         self._by_status.update(rec.status for rec in out_records)
+        for rec in out_records:
+            self.figures.observe(rec)
 
     def error(self, err: ReadError) -> None:
         """Record an unreadable input line in the errors file (once per line across resumes).
@@ -339,7 +343,8 @@ class Run:
             ``read`` counts records that went through
             :meth:`pending`, ``skipped_done`` those already done, ``by_status`` this session's
             writes, ``total_*`` the files' contents including earlier sessions, ``duplicate_ids`` the
-            records read under a derived id because an earlier record had their id (examples first).
+            records read under a derived id because an earlier record had their id (examples first),
+            ``quality`` this session's :class:`~instructmill.figures.QualityFigures`.
         """
         written_ok = self._by_status.get(STATUS_OK, 0)
         written_other = sum(self._by_status.values()) - written_ok
@@ -360,6 +365,7 @@ class Run:
             "resumed": self.resumed,
             "duplicate_ids": self._renamed,
             "duplicate_id_examples": [f"{a!r} -> {b!r}" for a, b in self._renamed_examples],
+            "quality": self.figures.as_dict(),
         }
 
     def close(self) -> None:
