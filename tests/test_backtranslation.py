@@ -293,3 +293,5 @@ def test_duplicate_ids_are_both_kept_and_the_summary_warns(tmp_path, monkeypatch
     assert "warning: 1 input records repeat an earlier record's id" in result.output
     assert "'x' -> 'x#L2'" in result.output
     assert not (tmp_path / "o.errors.jsonl").exists()
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert report["quality"]["kept"] == 2 and report["summary"]["duplicate_ids"] == 1

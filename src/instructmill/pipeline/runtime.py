@@ -47,6 +47,7 @@ from ..errors import InstructmillError, RecordError, ResumeError
 from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
 from ..progress import Heartbeat
+from ..figures import QualityFigures
 from ..records import STATUS_OK, Example, OutputRecord
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line, encode_record
 from .engines import EngineRegistry, ServiceFactory
@@ -145,6 +146,7 @@ class NodeStats:
         self.timeline: list[tuple[float, int]] = []
         self._last_sample = -1.0
         self.extra: dict[str, Any] = {}
+        self.quality = QualityFigures()  # of the records a stage emits, replayed ones included
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
@@ -180,6 +182,8 @@ class NodeStats:
                    busy_seconds=round(self.busy_seconds, 3), wall_seconds=round(wall, 3),
                    records_per_second=round((self.records_out - self.replayed_out) / wall, 3) if wall > 0 else None,
                    timeline=[list(p) for p in self.timeline])
+        if self.kind == "stage":
+            out["quality"] = self.quality.as_dict()
         out.update(self.extra)
         return out
 
@@ -324,6 +328,7 @@ class StageNode(_Node):
 
     def _count(self, outputs: list[OutputRecord]) -> None:
         for rec in outputs:
+            self.stats.quality.observe(rec)
             if rec.status != STATUS_OK:
                 self.stats.discards[rec.status] += 1
 
@@ -457,6 +462,7 @@ class GeneratorNode(_Node):
 
     def _count(self, outputs: list[OutputRecord]) -> None:
         for rec in outputs:
+            self.stats.quality.observe(rec)
             if rec.status != STATUS_OK:
                 self.stats.discards[rec.status] += 1
 
