@@ -22,9 +22,15 @@ ITEM2 = ("Item 2 is a long wooden table that was built by hand in a small worksh
          "of families.")
 
 
-def fake_translator(**kwargs) -> BackTranslator:
+def fake_translator(*, checks: bool = False, **kwargs) -> BackTranslator:
+    """A BackTranslator over the fake word-swapping models. ``checks``: run the language and meaning
+    checks (real detectors and embeddings; off by default since fake paraphrases are not language)."""
+    import dataclasses
+
     fwd, bwd = fake_pair(**{k: kwargs.pop(k) for k in list(kwargs) if k in ("mangle", "max_input_tokens")})
     options = kwargs.pop("options", None) or BackTranslationOptions(pivots=("xx",))
+    options = dataclasses.replace(options, language_check=checks and options.language_check,
+                                  meaning_check=checks and options.meaning_check)
     return BackTranslator(models={"xx": (fwd, bwd)}, options=options, **kwargs)
 
 
