@@ -287,24 +287,28 @@ class BackTranslator:
         if not pairs:
             return
         if self._meaning is None:
-            from .meaning import MeaningGate
+            from .meaning import MAX_SIMILARITY, MIN_SIMILARITY, MeaningGate
 
-            self._meaning = MeaningGate(min_similarity=self.options.min_similarity,
-                                        max_similarity=self.options.max_similarity)
-        sims = self._meaning.similarities([p[1] for p in pairs], [p[2] for p in pairs])
-        per_text: dict[int, list[tuple[float, str, str]]] = {}
-        for (i, source, output), sim in zip(pairs, sims):
-            per_text.setdefault(i, []).append((float(sim), source, output))
+            # segments are sentences: the bound calibrated for the lowest aligned sentence applies
+            low = self.options.min_similarity
+            high = self.options.max_similarity if self.options.max_similarity is not None else MAX_SIMILARITY
+            self._meaning = MeaningGate(min_similarity=MIN_SIMILARITY["sentence"] if low is None else low,
+                                        max_similarity=high, unit="text")
+        sims, statuses = self._meaning.evaluate([p[1] for p in pairs], [p[2] for p in pairs])
+        per_text: dict[int, list[tuple[float, str | None, str, str]]] = {}
+        for (i, source, output), sim, status in zip(pairs, sims, statuses):
+            per_text.setdefault(i, []).append((float(sim), status, source, output))
         for i, items in per_text.items():
             result = results[i]
-            weight = sum(len(src) for _, src, _ in items)
-            result.similarity = round(sum(sim * len(src) for sim, src, _ in items) / max(weight, 1), 4)
+            weight = sum(len(src) for _, _, src, _ in items)
+            result.similarity = round(sum(sim * len(src) for sim, _, src, _ in items) / max(weight, 1), 4)
             worst = min(items, key=lambda item: item[0])
-            status = self._meaning.status(worst[0], result.similarity)
-            if status is not None:
-                result.status = status
+            drift = [item for item in items if item[1] == "meaning_drift"]
+            if drift or all(item[1] == "too_similar" for item in items):
+                result.status = "meaning_drift" if drift else "too_similar"
                 result.detail = {"similarity": round(worst[0], 4), "text_similarity": result.similarity,
-                                 "source": worst[1][:300], "paraphrase": worst[2][:300]}
+                                 "bounds": [self._meaning.min_similarity, self._meaning.max_similarity],
+                                 "source": worst[2][:300], "paraphrase": worst[3][:300]}
 
     def _finish(self, source: str, doc: Document, hops: list[list[str]], pivot: str,
                 route: list[str | None]) -> Paraphrase:

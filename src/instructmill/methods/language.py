@@ -271,7 +271,7 @@ class LanguageDetector:
     def translatable(self, texts: Sequence[str], source: str) -> list[bool]:
         """Per text: ``True`` = in ``source`` or undetermined (translate it), ``False`` = another
         language (pass it through unchanged)."""
-        return [d.lang is None or _same_language(d.lang, source) for d in self.detect(texts, source)]
+        return [d.lang is None or same_language(d.lang, source) for d in self.detect(texts, source)]
 
 
 def _model_input(prose: str) -> str:
@@ -283,7 +283,7 @@ def _model_input(prose: str) -> str:
     return text
 
 
-def _same_language(lang: str, source: str) -> bool:
+def same_language(lang: str, source: str) -> bool:
     """``"en"`` matches ``"en"``, ``"en_US"``, ``"en-GB"``; Chinese variants match ``"zh"``."""
     base = source.replace("-", "_").split("_")[0].lower()
     return lang == base or (base == "zh" and lang in ("zh", "yue", "wuu"))
