@@ -84,6 +84,21 @@ def test_scripts_decide_cjk_and_other_scripts_go_to_the_model():
     assert LanguageDetector().detect(["쇼핑몰 할부 서비스 도입"])[0].reason == "script"
 
 
+def test_undetermined_segments_follow_the_field_language():
+    # lines of one Spanish recipe turn (sharegpt tGNW0RC_11): the short ones alone are undetermined
+    field = "\n".join(["Ingredientes:", "1/2 taza de brócoli picado", "Aceite de oliva",
+                       "Picar las pechugas de pollo en trozos y mezclarlos con las espinacas frescas, frutos secos "
+                       "y queso feta.", "Servir caliente o frío."])
+    short = ["Aceite de oliva", "4 pechugas de pollo"]
+    assert detect_languages(short, "en") == [None, None]
+    assert translatable(short, "en") == [True, True]
+    assert detect_language(field, "en") == "es"
+    assert translatable(short, "en", context=detect_language(field, "en")) == [False, False]
+    # an English field changes nothing; determined English segments stay translatable in a Spanish field
+    assert translatable(short, "en", context="en") == [True, True]
+    assert translatable(ENGLISH, "en", context="es") == [True, True, True]
+
+
 def test_upper_case_english_is_english():
     # fastText's lid model calls upper-case text Japanese or Ukrainian; the detector lower-cases it
     assert detect_language("I LOVE CODING EVERYTHING AND ANYTHING!") == "en"
@@ -158,7 +173,7 @@ def test_benchmark_script_prints_its_table(capsys):
     spec = importlib.util.spec_from_file_location("language_id_script", ROOT / "benchmarks" / "language_id.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--models", "fasttext", "--repeats", "1"]) == 0
+    assert module.main(["--models", "fasttext", "--repeats", "1", "--context-data", str(ROOT / "missing")]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| fasttext |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
