@@ -41,6 +41,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -92,6 +93,7 @@ _NOT_PROSE_RE = re.compile("|".join(
     ]))
 
 
+@lru_cache(maxsize=8192)
 def _script(ch: str) -> str | None:
     """First word of the letter's Unicode name ("LATIN", "CJK", "HANGUL"...), None if not a letter."""
     if not unicodedata.category(ch).startswith("L"):
