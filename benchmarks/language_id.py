@@ -22,7 +22,8 @@ For each library (model) it prints, per length bucket (< 40, 40-120, > 120 chara
   same decisions with the language of each row's whole field (ShareGPT turn, seed-task field) passed
   as ``context`` (undetermined segments of a foreign field pass through).
 
-``--grid`` also rates every model at its own best setting (same rule), and prints the fastText decision errors over ``min_letters`` x ``threshold``, the setting
+``--grid`` also rates every model at its own best setting (same rule), and prints the fastText
+decision errors over ``min_letters`` x ``threshold``, the setting
 with the fewest English passes among those that send at most 10% of the other-language rows
 through the English model (``--max-foreign-en``), and that rule fitted on the even rows and checked
 on the odd rows. Example::

