@@ -46,7 +46,7 @@ def test_languages_of_real_segments():
 
 
 def test_short_english_is_undetermined_and_translated():
-    # fastText alone calls "Order-->" Japanese and "Answer: d." German (measured on the sample)
+    # fastText alone calls "Order-->" Japanese, "Answer: d." and "Day 4:" German
     short = ["Sure!", "Answer: d.", "Day 4:", "Order-->", "Perfect!", "Milestones and Celebrations:"]
     detections = LanguageDetector().detect(short, "en")
     assert [d.lang for d in detections[:5]] == [None] * 5
