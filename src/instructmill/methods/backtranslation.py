@@ -121,6 +121,8 @@ class Paraphrase:
         passed_through: segments in another language, passed through untranslated, by language.
         similarity: the length-weighted mean embedding similarity of the translated segments to their
             sources (``None`` when not measured).
+        kept_source: sentences that kept their source text because their paraphrase failed a check
+            while the rest of the text passed, by reason (``{"meaning_drift": 2}``).
     """
 
     source: str
@@ -133,6 +135,7 @@ class Paraphrase:
     passed_through: dict[str, int] = field(default_factory=dict)
     similarity: float | None = None
     segment_texts: list[str] = field(default_factory=list, repr=False)
+    kept_source: dict[str, int] = field(default_factory=dict)
 
 
 #: Most characters of the paraphrased fields in one chunk: ~5,000 tokens, a few seconds of both hops
@@ -237,22 +240,25 @@ class BackTranslator:
         outputs, _ = translate_chain(flat, [forward, backward], batching=self.batching)
         self.seconds += time.perf_counter() - start
         results: list[Paraphrase] = []
+        all_hops: list[list[list[str]]] = []
         pos = 0
         for text, doc, route in zip(texts, docs, routes):
+            hops: list[list[str]] = []
             if doc.too_long:
                 results.append(Paraphrase(text, text, "input_too_long", pivot, "",
                                           {"tokens": max(doc.too_long),
                                            "max_input_tokens": segmenter.max_tokens}))
+                all_hops.append(hops)
                 continue
-            hops: list[list[str]] = []
             for seg, lang in zip(doc.segments, route):
                 if lang is None:
                     hops.append(outputs[pos])
                     pos += 1
                 else:  # another language: kept as it is (pivot and final)
                     hops.append([seg.text, seg.text])
+            all_hops.append(hops)
             results.append(self._finish(text, doc, hops, pivot, route))
-        self._check_meaning(docs, routes, results)
+        self._check_meaning(texts, docs, routes, all_hops, results, pivot)
         return results
 
     def _routes(self, texts: list[str], docs: list[Document]) -> list[list[str | None]]:
@@ -279,12 +285,17 @@ class BackTranslator:
                            else (None if same_language(lang, source) else lang) for lang in langs])
         return routes
 
-    def _check_meaning(self, docs: list[Document], routes: list[list[str | None]],
-                       results: list[Paraphrase]) -> None:
-        """Embedding similarity of every translated segment to its source; flags the texts that drift."""
+    def _check_meaning(self, texts: list[str], docs: list[Document], routes: list[list[str | None]],
+                       all_hops: list[list[list[str]]], results: list[Paraphrase], pivot: str) -> None:
+        """Embedding similarity of every translated sentence to its source (:mod:`.meaning`).
+
+        A sentence below the bound keeps its source text and the rest of the text stays
+        paraphrased (its checks are run again); a text whose every paraphrased sentence drifted is
+        ``meaning_drift``, one whose every changed sentence is barely reworded ``too_similar``.
+        ``results[i]`` is replaced in place."""
         if not self.options.meaning_check:
             return
-        pairs: list[tuple[int, str, str]] = []  # (result index, source segment, paraphrased segment)
+        pairs: list[tuple[int, int, str, str]] = []  # (result, segment, source sentence, paraphrased sentence)
         for i, (doc, route, result) in enumerate(zip(docs, routes, results)):
             if result.status != STATUS_OK:
                 continue
@@ -292,7 +303,7 @@ class BackTranslator:
                 if lang is None and j < len(result.segment_texts):
                     source, output = seg.restore(seg.text)[0], result.segment_texts[j]
                     if source.strip() != output.strip():
-                        pairs.append((i, source, output))
+                        pairs.append((i, j, source, output))
         if not pairs:
             return
         if self._meaning is None:
@@ -303,24 +314,43 @@ class BackTranslator:
             high = self.options.max_similarity if self.options.max_similarity is not None else MAX_SIMILARITY
             self._meaning = MeaningGate(min_similarity=MIN_SIMILARITY["sentence"] if low is None else low,
                                         max_similarity=high, unit="text")
-        sims, statuses = self._meaning.evaluate([p[1] for p in pairs], [p[2] for p in pairs])
-        per_text: dict[int, list[tuple[float, str | None, str, str]]] = {}
-        for (i, source, output), sim, status in zip(pairs, sims, statuses):
-            per_text.setdefault(i, []).append((float(sim), status, source, output))
+        sims, statuses = self._meaning.evaluate([p[2] for p in pairs], [p[3] for p in pairs])
+        per_text: dict[int, list[tuple[int, float, str | None, str, str]]] = {}
+        for (i, j, source, output), sim, status in zip(pairs, sims, statuses):
+            per_text.setdefault(i, []).append((j, float(sim), status, source, output))
         for i, items in per_text.items():
+            worst = min(items, key=lambda item: item[1])
+            detail = {"similarity": round(worst[1], 4), "bounds": [self._meaning.min_similarity,
+                                                                    self._meaning.max_similarity],
+                      "source": worst[3][:300], "paraphrase": worst[4][:300]}
+            drifted = [item for item in items if item[2] == "meaning_drift"]
+            kept = [item for item in items if item[2] != "meaning_drift"]
             result = results[i]
-            weight = sum(len(src) for _, _, src, _ in items)
-            result.similarity = round(sum(sim * len(src) for sim, _, src, _ in items) / max(weight, 1), 4)
-            worst = min(items, key=lambda item: item[0])
-            drift = [item for item in items if item[1] == "meaning_drift"]
-            if drift or all(item[1] == "too_similar" for item in items):
-                result.status = "meaning_drift" if drift else "too_similar"
-                result.detail = {"similarity": round(worst[0], 4), "text_similarity": result.similarity,
-                                 "bounds": [self._meaning.min_similarity, self._meaning.max_similarity],
-                                 "source": worst[2][:300], "paraphrase": worst[3][:300]}
+            if drifted and kept:  # the drifted sentences keep their source text; the rest stays
+                hops = [list(h) for h in all_hops[i]]
+                for j, *_ in drifted:
+                    hops[j] = [docs[i].segments[j].text] * len(hops[j])
+                result = self._finish(texts[i], docs[i], hops, pivot, routes[i],
+                                      kept_source={**results[i].kept_source, "meaning_drift": len(drifted)})
+            weight = sum(len(item[3]) for item in kept) or 1
+            result.similarity = round(sum(item[1] * len(item[3]) for item in kept) / weight, 4) if kept \
+                else round(worst[1], 4)
+            if not kept:
+                result.status, result.detail = "meaning_drift", detail
+            elif all(item[2] == "too_similar" for item in kept) and result.status == STATUS_OK:
+                result.status, result.detail = "too_similar", detail
+            results[i] = result
 
     def _finish(self, source: str, doc: Document, hops: list[list[str]], pivot: str,
-                route: list[str | None]) -> Paraphrase:
+                route: list[str | None], kept_source: dict[str, int] | None = None) -> Paraphrase:
+        kept_source = dict(kept_source or {})
+        translated = [i for i, lang in enumerate(route) if lang is None
+                      and hops[i][-1].strip() != doc.segments[i].text.strip()]
+        failed = [i for i in translated if doc.segments[i].restore(hops[i][-1].strip())[1]]
+        if failed and len(failed) < len(translated):
+            # a sentence that lost a protected span keeps its source text; the others stay paraphrased
+            hops = [[doc.segments[i].text] * len(h) if i in failed else h for i, h in enumerate(hops)]
+            kept_source["placeholder_lost"] = kept_source.get("placeholder_lost", 0) + len(failed)
         final, lost = doc.render([h[-1] for h in hops])
         pivot_text, _ = doc.render([h[0] for h in hops])
         languages: dict[str, int] = {}
@@ -333,6 +363,7 @@ class BackTranslator:
         def result(text: str, status: str, detail: dict[str, Any] | None = None) -> Paraphrase:
             out = Paraphrase(source, text, status, pivot, pivot_text, detail or {}, languages, passed)
             out.segment_texts = [seg.restore(h[-1].strip())[0] for seg, h in zip(doc.segments, hops)]
+            out.kept_source = kept_source
             return out
 
         if lost:
@@ -511,6 +542,12 @@ class BackTranslator:
         sims = [r.similarity for r in results if r.similarity is not None]
         if sims:
             extra["similarity"] = min(sims)
+        kept_source: dict[str, int] = {}
+        for r in results:
+            for reason, n in r.kept_source.items():
+                kept_source[reason] = kept_source.get(reason, 0) + n
+        if kept_source:
+            extra["sentences_kept_as_source"] = kept_source
         if detail:
             extra["detail"] = detail
         return OutputRecord(rid, new, status, self.method, settings, extra)
