@@ -15,7 +15,8 @@ content differs:
   (``#word``) and ``mentions`` (``@word``): multisets;
 * ``numbers_lost`` / ``numbers_added``: digit sequences, both ways;
 * ``table_shape``: for each markdown table line (``|`` first), the number of ``|``, in order;
-* ``json_lines``: lines holding ``"key":`` pairs, byte-identical;
+* ``json_lines``: lines holding ``"key": value`` members (at the line start or after ``{`` / ``,``),
+  byte-identical;
 * ``newlines``: the count of line breaks;
 * ``other_language``: a line of the input written mostly in a non-Latin script (CJK, Hangul, kana,
   Cyrillic, Arabic, Hebrew, Thai, Devanagari, Greek) that does not come back byte-identical: such
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -50,7 +52,7 @@ TAG_RE = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>\n]*)?/?>")
 HASHTAG_RE = re.compile(r"(?<![\w&#/])#[A-Za-z_][A-Za-z0-9_]*")
 MENTION_RE = re.compile(r"(?<![\w.])@[A-Za-z_][A-Za-z0-9_]*")
 NUMBER_RE = re.compile(r"\d+")
-JSON_LINE_RE = re.compile(r'"[^"\n]{1,60}"\s*:')
+JSON_LINE_RE = re.compile(r'(?:^\s*|[{,]\s*)"[^"\n]{1,60}"\s*:\s*["\d\[{tfn-]')
 KEYWORDS = re.compile(r"^\s*(?:def|class|import|from|return|if|elif|else|for|while|try|except|catch|const|let|var|"
                       r"function|public|private|static|void|int|#include|SELECT|INSERT|UPDATE|CREATE|print|echo|"
                       r"sudo|pip|npm|git|cd|ls|export|package|func|fn|struct|enum|interface|using|namespace)\b")
@@ -83,8 +85,12 @@ def _code_lines(text: str) -> Counter:
     return Counter(line.strip() for line in _unfenced(text).splitlines() if code_signals(line) >= 2)
 
 
+IDENTIFIER_RE = re.compile(r"`[^`]*`|\b[A-Za-z]+[a-z][A-Z]\w*|\b\w*_\w+|\b[A-Za-z]+\d\w*")
+
+
 def _non_latin(line: str) -> bool:
-    letters = [c for c in line if c.isalpha()]
+    """Mostly non-Latin letters once code identifiers (camelCase, snake_case, `code`) are left out."""
+    letters = [c for c in IDENTIFIER_RE.sub(" ", line) if c.isalpha()]
     if len(letters) < 4:
         return False
     foreign = sum(1 for c in letters if any(unicodedata.name(c, "").startswith(p) for p in NON_LATIN))
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = {str(row.get("id")): row for row in _rows(args.input)}
         outputs = list(_rows(args.output))
         discards_path = re.sub(r"\.jsonl$", ".discards.jsonl", args.output)
-        discards = list(_rows(discards_path)) if discards_path != args.output else []
+        discards = list(_rows(discards_path)) if discards_path != args.output and os.path.exists(discards_path) else []
     except (OSError, ValueError) as exc:
         print(f"check_sharegpt_bt: {exc}", file=sys.stderr)
         return 2
