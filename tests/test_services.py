@@ -214,7 +214,7 @@ def test_llm_close_stops_the_thread_fails_queued_requests_and_closes_backend():
     service.close()
     first.join(5)
     second.join(5)
-    assert not service._thread.is_alive()
+    assert not service._loop.is_alive()
     assert results["first"][0].text == rule("running", None)  # the running batch finished
     assert isinstance(results["second"], ServiceClosedError)
     assert engine.batches == [["running"]]

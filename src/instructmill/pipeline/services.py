@@ -7,16 +7,11 @@ service, which looks exactly like the backend it replaces (:class:`~instructmill
 LLMBackend` or :class:`~instructmill.engine.translation.TranslationBackend`). The service merges
 the clients' requests into the engine's batches:
 
-* **vLLM** (:class:`~instructmill.engine.vllm_backend.VLLMBackend`): one engine thread owns the
-  ``vllm.LLM``'s ``LLMEngine`` and runs its ``add_request`` / ``step`` loop, the loop that
-  ``LLM.generate`` runs internally (``vllm/entrypoints/common/offline.py: _run_engine``). New
-  requests are taken from a thread-safe queue between steps, so vLLM's scheduler refills its
-  running batch continuously (continuous batching, Yu et al., OSDI 2022, "Orca"; Kwon et al.,
-  SOSP 2023, "vLLM") with whatever any stage has ready: the engine never waits for one stage's
-  small batch while another stage has work.
-* **CTranslate2 / transformers / other LLM backends**: one batching thread gathers requests from
-  every stage (everything queued, up to ``max_num_seqs``; when fewer are queued it waits up to
-  ``gather_ms`` for more) and runs them in one ``_generate`` call.
+* **LLMs**: the engine batches. The service opens the backend's request loop
+  (:meth:`~instructmill.engine.llm.LLMBackend.request_loop`): vLLM's continuous-batching loop,
+  which hands new requests to vLLM's scheduler between engine steps, or the gather-and-batch loop
+  of the other backends (:mod:`instructmill.engine.request_loop`). The service only submits
+  each client call's requests and meters the engine.
 * **translation**: ``translate_batch`` calls from every stage go into one shared length-sorting
   :class:`~instructmill.engine.scheduler.Batcher` (token budget) and run on the backend's
   ``parallel_batches`` worker threads. A free worker cuts a batch as soon as the held items fill
@@ -32,217 +27,62 @@ alone), stop strings and ordering come from :class:`LLMBackend`; the client only
 batch: a merged batch that fails is re-run per caller, so a caller whose requests are fine
 still gets its results.
 
-Measurements (:meth:`LLMService.stats`, :meth:`TranslationService.stats`): requests, tokens in
-and out, engine batches, and the engine's *busy fraction*: the time the engine had requests in
-flight divided by the wall time from the first request to the last result (the time during
-which the engine had work to do), plus a timeline of cumulative output tokens for the report.
+Measurements (:meth:`LLMService.stats`, :meth:`TranslationService.stats`, kept by
+:class:`~instructmill.pipeline.meter.EngineMeter`): requests, tokens in and out, engine batches,
+and the engine's *busy fraction*, plus a timeline of cumulative output tokens for the report.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
 import itertools
-import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..engine.llm import LLMBackend, Prompt, Request, Sample
+from ..engine.request_loop import EngineClosedError, fail_future
 from ..engine.scheduler import Batcher, BatchingOptions, WorkItem, make_batches
 from ..engine.translation import Encoded, TranslationBackend
-from ..errors import InstructmillError, OptionError
+from ..errors import OptionError
+from .meter import EngineMeter
 
 __all__ = ["LLMService", "TranslationService", "ServiceClosedError"]
 
-
-class ServiceClosedError(InstructmillError):
-    """A request reached a service that is closed (or whose engine stopped after an error)."""
-
-
-# --------------------------------------------------------------------------- measurement
-class _Meter:
-    """Counters, busy time and the output-token timeline of one engine (thread-safe).
-
-    Events: ``submit`` (a client handed over requests), ``start`` / ``stop`` (the engine took /
-    released requests: busy while any is held), ``complete`` (a request's result or error went
-    back to its caller). Times are ``time.perf_counter`` seconds.
-    """
-
-    def __init__(self, *, resolution: float = 0.05, max_points: int = 2000):
-        self._lock = threading.Lock()
-        self._resolution = resolution
-        self._max_points = max_points
-        self.first: float | None = None
-        self.last_done: float | None = None
-        self._t: float | None = None  # time of the last accounting step
-        self.pending = 0  # submitted, not yet completed
-        self.in_flight = 0  # held by the engine
-        self.max_in_flight = 0
-        self.busy = 0.0
-        self.occupancy = 0.0  # integral of in_flight over time (request-seconds)
-        self.requests = 0
-        self.prompt_tokens = 0
-        self.output_tokens = 0
-        self.batches = 0
-        self.batch_items = 0
-        self.batch_callers = 0
-        self.errors = 0
-        self.per_stage: dict[str, dict[str, Any]] = {}
-        self.timeline: list[tuple[float, int]] = []
-
-    def _advance(self, now: float) -> None:
-        if self._t is not None:
-            dt = now - self._t
-            if self.in_flight > 0:
-                self.busy += dt
-                self.occupancy += self.in_flight * dt
-        self._t = now
-
-    def _stage(self, stage: str) -> dict[str, Any]:
-        entry = self.per_stage.get(stage)
-        if entry is None:
-            entry = self.per_stage[stage] = {"calls": 0, "requests": 0, "requests_done": 0,
-                                             "prompt_tokens": 0, "output_tokens": 0, "errors": 0}
-        return entry
-
-    def submit(self, stage: str, requests: int, prompt_tokens: int) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            if self.first is None:
-                self.first = now
-                self.timeline.append((0.0, 0))
-            self._advance(now)
-            self.pending += requests
-            entry = self._stage(stage)
-            entry["calls"] += 1
-            entry["requests"] += requests
-            entry["prompt_tokens"] += prompt_tokens
-
-    def start(self, n: int, *, callers: int = 1, batch: bool = True) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            self._advance(now)
-            self.in_flight += n
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            if batch:
-                self.batches += 1
-                self.batch_items += n
-                self.batch_callers += callers
-
-    def step(self) -> None:
-        """One vLLM engine step (counted as a batch of the requests in flight)."""
-        with self._lock:
-            self.batches += 1
-            self.batch_items += self.in_flight
-
-    def stop(self, n: int, output_tokens: int | None = None, *, total_output: int | None = None) -> None:
-        """The engine released ``n`` requests having produced ``output_tokens`` more tokens (or
-        ``total_output`` tokens so far, for engines that count cumulatively)."""
-        if n <= 0:
-            return
-        now = time.perf_counter()
-        with self._lock:
-            self._advance(now)
-            self.in_flight -= n
-            if output_tokens:
-                self.output_tokens += output_tokens
-            if total_output is not None:
-                self.output_tokens = max(self.output_tokens, total_output)
-            t = now - self.first if self.first is not None else 0.0
-            if len(self.timeline) > 1 and t - self.timeline[-2][0] < self._resolution:
-                self.timeline[-1] = (t, self.output_tokens)  # coalesce points closer than the resolution
-            else:
-                self.timeline.append((t, self.output_tokens))
-            if len(self.timeline) > self._max_points:
-                self.timeline = self.timeline[:-1:2] + [self.timeline[-1]]
-                self._resolution *= 2
-
-    def complete(self, stage: str, n: int, output_tokens: int | None, *, failed: bool = False) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            self._advance(now)
-            self.pending -= n
-            self.last_done = now
-            entry = self._stage(stage)
-            if failed:
-                self.errors += n
-                entry["errors"] += n
-            else:
-                self.requests += n
-                entry["requests_done"] += n
-                if output_tokens is None:
-                    entry["output_tokens"] = None
-                elif entry["output_tokens"] is not None:
-                    entry["output_tokens"] += output_tokens
-
-    def prompt(self, tokens: int) -> None:
-        with self._lock:
-            self.prompt_tokens += tokens
-
-    def snapshot(self) -> dict[str, Any]:
-        now = time.perf_counter()
-        with self._lock:
-            self._advance(now)
-            if self.first is None:
-                wall = 0.0
-            else:
-                end = now if (self.pending > 0 or self.in_flight > 0 or self.last_done is None) else self.last_done
-                wall = max(0.0, end - self.first)
-            return {
-                "requests": self.requests,
-                "prompt_tokens": self.prompt_tokens,
-                "output_tokens": self.output_tokens,
-                "busy_seconds": round(self.busy, 4),
-                "wall_seconds": round(wall, 4),
-                "busy_fraction": round(min(1.0, self.busy / wall), 4) if wall > 0 else 0.0,
-                "output_tokens_per_second": round(self.output_tokens / wall, 2) if wall > 0 else 0.0,
-                "batches": self.batches,
-                "mean_batch_size": round(self.batch_items / self.batches, 2) if self.batches else 0.0,
-                "mean_callers_per_batch": (round(self.batch_callers / self.batches, 2)
-                                           if self.batches and self.batch_callers else None),
-                "mean_in_flight": round(self.occupancy / self.busy, 2) if self.busy > 0 else 0.0,
-                "max_in_flight": self.max_in_flight,
-                "in_flight": self.in_flight,
-                "pending": self.pending,
-                "errors": self.errors,
-                "per_stage": {k: dict(v) for k, v in self.per_stage.items()},
-                "timeline": [(round(t, 4), n) for t, n in self.timeline],
-            }
+#: A request reached a service that is closed (or whose engine stopped after an error).
+ServiceClosedError = EngineClosedError
 
 
-def _fail(future: cf.Future, exc: BaseException) -> bool:
-    if future.done():
-        return False
-    future.set_exception(exc)
-    return True
+class _Client:
+    """What both clients share: the service, the stage, and the real backend's public attributes
+    (unknown attributes are read from it, e.g. ``dtype``); ``close()`` does nothing: the service
+    owns the engine."""
+
+    _service: Any
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._service.backend, name)
+
+    def settings(self) -> dict[str, Any]:
+        return self._service.backend.settings()
+
+    def close(self) -> None:
+        """Nothing to release: the engine belongs to the service."""
 
 
 # --------------------------------------------------------------------------------- LLMs
-@dataclass
-class _LLMItem:
-    """One request of one client call, waiting for its sample."""
-
-    request: Request
-    stage: str
-    call: int  # client call id: requests of one call fail together, never with another call's
-    future: cf.Future
-
-
-_STOP = object()
-
-
-class _LLMClient(LLMBackend):
+class _LLMClient(_Client, LLMBackend):
     """An :class:`LLMBackend` whose ``_generate`` hands its requests to a shared :class:`LLMService`.
 
     Everything else (prompt encoding, validation, seeds, stop strings, order) is the base
-    class's; encoding and decoding are the real backend's. Unknown attributes are read from the
-    real backend (e.g. ``dtype``). ``close()`` does nothing: the service owns the engine.
+    class's; encoding and decoding are the real backend's.
     """
 
     def __init__(self, service: "LLMService", stage: str):
         backend = service.backend
-        super().__init__(backend.options)
+        LLMBackend.__init__(self, backend.options)
         self._service = service
         self.stage = stage
         self.name = backend.name
@@ -253,11 +93,6 @@ class _LLMClient(LLMBackend):
         self.tokenizes_locally = backend.tokenizes_locally
         self.supports_json_schema = backend.supports_json_schema
         self.budget_batching = backend.budget_batching
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._service.backend, name)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         with self._service._tokenizer_lock:
@@ -275,13 +110,8 @@ class _LLMClient(LLMBackend):
         return self._service.backend.is_empty(prompt)
 
     def _generate(self, requests: list[Request]) -> list[Sample]:
-        return self._service._run(self.stage, requests)
-
-    def settings(self) -> dict[str, Any]:
-        return self._service.backend.settings()
-
-    def close(self) -> None:
-        """Nothing to release: the engine belongs to the service."""
+        futures = self._service._loop.submit(requests, tag=self.stage)
+        return [future.result() for future in futures]
 
 
 class LLMService:
@@ -291,46 +121,31 @@ class LLMService:
         backend: the engine (the service owns it from now on: while the service runs, call it
             only through clients).
         name: the engine's name in the pipeline (reports, thread names).
-        mode: ``"auto"`` (``"engine"`` for :class:`~instructmill.engine.vllm_backend.VLLMBackend`,
-            else ``"batch"``), ``"engine"`` (vLLM ``LLMEngine`` add_request/step loop) or
-            ``"batch"`` (batches of up to ``max_num_seqs`` requests through ``backend._generate``).
+        mode: how the engine batches (:meth:`~instructmill.engine.llm.LLMBackend.request_loop`):
+            ``"auto"`` (the engine's own: ``"engine"`` on vLLM, else ``"batch"``), ``"engine"``
+            (vLLM's continuous loop) or ``"batch"`` (gathered batches of up to ``max_num_seqs``).
         gather_ms: batch mode: when fewer than ``max_num_seqs`` requests are queued, wait up to
             this long (milliseconds) for more before running the batch.
         close_backend: :meth:`close` also closes the backend (default).
 
     Raises:
         OptionError: unknown ``mode``, negative ``gather_ms``, or ``mode="engine"`` for a backend
-            that is not vLLM.
+            without a continuous loop.
     """
 
     def __init__(self, backend: LLMBackend, *, name: str, mode: str = "auto", gather_ms: float = 5.0,
                  close_backend: bool = True):
-        from ..engine.vllm_backend import VLLMBackend  # imports no vllm
-
-        if mode not in ("auto", "engine", "batch"):
-            raise OptionError("mode", mode, "must be auto, engine or batch")
-        if gather_ms < 0:
-            raise OptionError("gather_ms", gather_ms, "must be >= 0")
-        is_vllm = isinstance(backend, VLLMBackend)
-        if mode == "engine" and not is_vllm:
-            raise OptionError("mode", mode, f"the engine loop needs a vLLM backend, not {backend.name}")
         self.backend = backend
         self.name = name
-        self.mode = ("engine" if is_vllm else "batch") if mode == "auto" else mode
-        self.gather_s = gather_ms / 1000.0
         self.close_backend = close_backend
-        self._meter = _Meter()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._meter = EngineMeter()
         self._state = threading.Lock()
         self._tokenizer_lock = threading.Lock()
-        self._calls = itertools.count()
         self._closed = False
-        self._dead: BaseException | None = None
         self._clients: dict[str, _LLMClient] = {}
-        target = self._engine_loop if self.mode == "engine" else self._batch_loop
-        self._thread = threading.Thread(target=self._main, args=(target,), daemon=True,
-                                        name=f"instructmill-llm-{name}")
-        self._thread.start()
+        self._loop = backend.request_loop(name=name, mode=mode, gather_ms=gather_ms,
+                                          label=f"LLM service {name!r}", listener=self._meter)
+        self.mode = self._loop.mode
 
     # ------------------------------------------------------------------ public
     def client(self, stage: str) -> LLMBackend:
@@ -338,6 +153,9 @@ class LLMService:
 
         Call ``client.generate(...)`` from the stage's thread as with any backend; its requests are
         merged with the other stages' requests into the engine's batches.
+
+        Raises:
+            ServiceClosedError: the service is closed.
         """
         with self._state:
             if self._closed:
@@ -367,14 +185,12 @@ class LLMService:
                 "model": self.backend.model, **snap}
 
     def close(self) -> None:
-        """Stop the engine thread (requests still queued or running fail with
+        """Stop the engine loop (requests still queued, or running in vLLM, fail with
         :class:`ServiceClosedError`), then close the backend when ``close_backend``. Idempotent."""
         with self._state:
             first = not self._closed
             self._closed = True
-            if first:
-                self._queue.put(_STOP)
-        self._thread.join()
+        self._loop.close()
         if first and self.close_backend:
             self.backend.close()
 
@@ -383,194 +199,6 @@ class LLMService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ---------------------------------------------------------------- clients
-    def _run(self, stage: str, requests: list[Request]) -> list[Sample]:
-        """Submit one client call's requests and wait for their samples (in request order)."""
-        if not requests:
-            return []
-        call = next(self._calls)
-        items = [_LLMItem(r, stage, call, cf.Future()) for r in requests]
-        with self._state:
-            if self._closed or self._dead is not None:
-                why = f" after an engine error: {self._dead}" if self._dead is not None else ""
-                raise ServiceClosedError(f"LLM service {self.name!r} is closed{why}")
-            self._meter.submit(stage, len(items), sum(len(r.prompt_ids) for r in requests))
-            self._queue.put(items)  # one entry per call: its requests arrive together
-        return [item.future.result() for item in items]
-
-    # ----------------------------------------------------------------- engine
-    def _main(self, target) -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - reported to every waiting caller
-            self._dead = exc
-        finally:
-            with self._state:
-                if self._dead is None and not self._closed:
-                    self._dead = RuntimeError("engine thread ended")
-                reason = self._dead
-            self._fail_queued(reason)
-
-    def _fail_queued(self, reason: BaseException | None) -> None:
-        while True:
-            try:
-                entry = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if entry is not _STOP:
-                self._fail_items(entry, reason)
-
-    def _fail_items(self, items: Sequence[_LLMItem], reason: BaseException | None) -> None:
-        for item in items:
-            exc = (reason if isinstance(reason, Exception) and not isinstance(reason, ServiceClosedError)
-                   else ServiceClosedError(f"LLM service {self.name!r} closed before request "
-                                           f"{item.request.index} of stage {item.stage!r} finished"))
-            if _fail(item.future, exc):
-                self._meter.complete(item.stage, 1, None, failed=True)
-
-    def _resolve(self, item: _LLMItem, sample: Sample) -> None:
-        if not item.future.done():
-            item.future.set_result(sample)
-            self._meter.complete(item.stage, 1, sample.output_tokens)
-
-    # batch mode ---------------------------------------------------------------
-    def _batch_loop(self) -> None:
-        max_seqs = max(1, int(self.backend.options.max_num_seqs))
-        pending: collections.deque[_LLMItem] = collections.deque()  # taken from the queue, not yet run
-        while True:
-            stop = False
-            if not pending:
-                entry = self._queue.get()
-                if entry is _STOP:
-                    return
-                pending.extend(entry)
-            deadline = time.monotonic() + self.gather_s
-            while len(pending) < max_seqs:
-                try:
-                    entry = self._queue.get_nowait()
-                except queue.Empty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        entry = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if entry is _STOP:
-                    stop = True
-                    break
-                pending.extend(entry)
-            if stop or self._closed:  # closing: what has not started yet fails
-                self._fail_items(list(pending), None)
-                return
-            self._run_batch([pending.popleft() for _ in range(min(max_seqs, len(pending)))])
-
-    def _run_batch(self, batch: list[_LLMItem]) -> None:
-        calls = {item.call for item in batch}
-        self._meter.start(len(batch), callers=len(calls))
-        try:
-            samples = self.backend._generate([item.request for item in batch])
-            if len(samples) != len(batch):
-                raise RuntimeError(f"{self.backend.name} returned {len(samples)} samples "
-                                   f"for {len(batch)} requests")
-        except Exception as exc:  # noqa: BLE001 - goes to the callers
-            self._meter.stop(len(batch), 0)
-            if len(calls) > 1:  # isolate the failing caller: re-run each call's requests alone
-                for call in sorted(calls):
-                    self._run_batch([item for item in batch if item.call == call])
-            else:
-                for item in batch:
-                    if _fail(item.future, exc):
-                        self._meter.complete(item.stage, 1, None, failed=True)
-            return
-        for item in batch:
-            self._meter.prompt(len(item.request.prompt_ids))
-        self._meter.stop(len(batch), sum(s.output_tokens for s in samples))
-        for item, sample in zip(batch, samples):
-            self._resolve(item, sample)
-
-    # vLLM engine mode -------------------------------------------------------------
-    def _engine_loop(self) -> None:
-        llm = self.backend.llm  # type: ignore[attr-defined]
-        engine = llm.llm_engine
-        active: dict[str, _LLMItem] = {}
-        ids = itertools.count()
-        reason: BaseException | None = None
-        try:
-            while True:
-                # Block only when the engine is idle; otherwise take what arrived during the step.
-                taken: list[Any] = []
-                if not active:
-                    taken.append(self._queue.get())
-                while True:
-                    try:
-                        taken.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stop = any(entry is _STOP for entry in taken)
-                items = [item for entry in taken if entry is not _STOP for item in entry]
-                if stop:
-                    self._fail_items(items, None)
-                    return
-                for item in items:
-                    request_id = f"im{next(ids)}"
-                    try:
-                        engine.add_request(request_id, self._vllm_prompt(llm, item.request.prompt_ids),
-                                           _vllm_params(item.request.params))
-                    except Exception as exc:  # noqa: BLE001 - one bad request fails only its caller
-                        if _fail(item.future, exc):
-                            self._meter.complete(item.stage, 1, None, failed=True)
-                        continue
-                    active[request_id] = item
-                    self._meter.start(1, batch=False)
-                    self._meter.prompt(len(item.request.prompt_ids))
-                if not active:
-                    continue
-                self._meter.step()
-                for out in engine.step():
-                    if not getattr(out, "finished", False):
-                        continue
-                    item = active.pop(out.request_id, None)
-                    if item is None:
-                        continue
-                    completion = out.outputs[0]
-                    sample = Sample(completion.text, list(completion.token_ids),
-                                    "length" if completion.finish_reason == "length" else "stop")
-                    self._meter.stop(1, sample.output_tokens)
-                    self._resolve(item, sample)
-        except BaseException as exc:
-            reason = exc
-            raise
-        finally:
-            if active:
-                try:
-                    engine.abort_request(list(active))
-                except Exception:  # noqa: BLE001 - best effort while shutting down
-                    pass
-                self._meter.stop(len(active), 0)
-                self._fail_items(list(active.values()), reason if isinstance(reason, Exception) else None)
-                active.clear()
-
-    @staticmethod
-    def _vllm_prompt(llm: Any, prompt_ids: list[int]) -> Any:
-        """A token-id prompt rendered the way ``LLM.generate`` renders it (raw prompt as fallback)."""
-        from vllm.inputs import TokensPrompt
-
-        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
-        render = getattr(llm, "_preprocess_cmpl_one", None)
-        return render(prompt) if render is not None else prompt
-
-
-def _vllm_params(p) -> Any:
-    """vLLM ``SamplingParams`` as :meth:`VLLMBackend._generate` builds them, with
-    ``output_kind=FINAL_ONLY`` (``LLM.generate`` sets that too: only finished requests come out
-    of ``step``)."""
-    from vllm.sampling_params import RequestOutputKind
-
-    from ..engine.vllm_backend import sampling_params
-
-    return sampling_params(p, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 # ------------------------------------------------------------------------- translation
@@ -587,7 +215,7 @@ class _Job:
         self.call = call
 
 
-class _TranslationClient(TranslationBackend):
+class _TranslationClient(_Client, TranslationBackend):
     """A :class:`TranslationBackend` whose ``translate_batch`` goes through a :class:`TranslationService`.
 
     ``encode``, ``settings`` and the language attributes are the real backend's; unknown
@@ -597,7 +225,7 @@ class _TranslationClient(TranslationBackend):
     """
 
     def __init__(self, service: "TranslationService", stage: str):
-        super().__init__()
+        TranslationBackend.__init__(self)
         backend = service.backend
         self._service = service
         self.stage = stage
@@ -608,11 +236,6 @@ class _TranslationClient(TranslationBackend):
         self.max_input_tokens = backend.max_input_tokens
         self.parallel_batches = service.client_parallel_batches
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._service.backend, name)
-
     def encode(self, texts: list[str]) -> list[Encoded]:
         return self._service.backend.encode(texts)
 
@@ -622,12 +245,6 @@ class _TranslationClient(TranslationBackend):
         self.stats.add(segments=len(batch), source_tokens=sum(e.length for e in batch), target_tokens=0,
                        seconds=time.perf_counter() - start)
         return outputs
-
-    def settings(self) -> dict[str, Any]:
-        return self._service.backend.settings()
-
-    def close(self) -> None:
-        """Nothing to release: the model belongs to the service."""
 
 
 class TranslationService:
@@ -664,7 +281,7 @@ class TranslationService:
         self.max_wait_s = max_wait_ms / 1000.0
         self.client_parallel_batches = client_parallel_batches
         self.close_backend = close_backend
-        self._meter = _Meter()
+        self._meter = EngineMeter()
         self._cond = threading.Condition()
         self._batcher: Batcher[tuple[_Job, int, Encoded]] = Batcher(self.batching)
         self._held_tokens = 0  # source tokens of items pushed and not yet cut into a batch
@@ -844,5 +461,5 @@ class TranslationService:
             job = item.payload[0]
             reason = exc if exc is not None else ServiceClosedError(
                 f"translation service {self.name!r} closed before a call of stage {job.stage!r} finished")
-            if _fail(job.future, reason):
+            if fail_future(job.future, reason):
                 self._meter.complete(job.stage, len(job.outputs), None, failed=True)
