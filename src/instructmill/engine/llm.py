@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 from ..errors import OptionError
+from ..status import STATUS_EMPTY_PROMPT, STATUS_OK, STATUS_PROMPT_TOO_LONG
 from .scheduler import BatchingOptions, WorkItem, make_batches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,9 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: (``list[int]``, used as given).
 Prompt = Union[str, Sequence[dict], Sequence[int]]
 
-STATUS_OK = "ok"
-STATUS_EMPTY_PROMPT = "empty_prompt"
-STATUS_PROMPT_TOO_LONG = "prompt_too_long"
 
 
 @dataclass(frozen=True)
@@ -227,7 +225,7 @@ class Sample:
     seed: int | None = None
     num_tokens: int | None = None
     prompt_tokens: int | None = None
-    status: str = "ok"
+    status: str = STATUS_OK
     detail: str | None = None
 
     @property

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Iterator
 
 from ..arguments import input_records
 from ..engine.scheduler import budget_windows
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import STATUS_INVALID_RECORD, STATUS_OK
 
 __all__ = ["RecordMethod", "WINDOW_TOKENS"]
 
@@ -94,7 +95,7 @@ class RecordMethod:
         try:
             return to_example(record)
         except RecordError as exc:
-            return self._record(record.id, Example(instruction=""), "invalid_record", {"error": str(exc)})
+            return self._record(record.id, Example(instruction=""), STATUS_INVALID_RECORD, {"error": str(exc)})
 
     def _record(self, rid: str, example: Example, status: str, extra: dict[str, Any]) -> OutputRecord:
         """One output record with the method's provenance, counted in the summary."""

@@ -22,7 +22,8 @@ import warnings
 from typing import Any, Callable, Iterator
 
 from ..errors import InstructmillError, ResumeError
-from ..records import STATUS_OK, Example, OutputRecord
+from ..records import Example, OutputRecord
+from ..status import STATUS_OK
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line
 from .ray_actors import (BATCH_KEY, GeneratorWorker, StageFailed, StageOp, column_name, decode_items, encode_items,
                          process_rows, run_task_op, stage_label, stats_column)

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Mapping
 from ..errors import ResumeError
 from ..io.resume import read_state, repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, dumps_line, format_record
-from ..records import STATUS_OK, OutputRecord
+from ..records import OutputRecord
+from ..status import STATUS_INVALID_RECORD, STATUS_OK
 from .checkpoint import CheckpointFile
 from .spec import PipelineSpec, SinkSpec
 from .stages import Item
@@ -139,7 +140,7 @@ class SinkWriter:
             for item in items:
                 rec = item.record
                 if item.error is not None and rec.method == "source":
-                    rec = OutputRecord(rec.id, rec.example, "invalid_record", "source", rec.settings,
+                    rec = OutputRecord(rec.id, rec.example, STATUS_INVALID_RECORD, "source", rec.settings,
                                        {"error": item.error})
                 self.stats.records_in += 1
                 self.written[rec.status] += 1

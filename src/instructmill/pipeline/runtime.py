@@ -47,7 +47,8 @@ from ..errors import InstructmillError, RecordError, ResumeError
 from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
 from ..progress import Heartbeat
-from ..records import STATUS_OK, Example, OutputRecord
+from ..records import Example, OutputRecord
+from ..status import STATUS_INVALID_RECORD, STATUS_OK
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line, encode_record
 from .engines import EngineRegistry, ServiceFactory
 from .spec import PipelineSpec, SinkSpec, SourceSpec
@@ -514,7 +515,7 @@ class SinkNode(_Node):
                         break
                     rec = item.record
                     if item.error is not None and rec.method == "source":
-                        rec = OutputRecord(rec.id, rec.example, "invalid_record", "source", rec.settings,
+                        rec = OutputRecord(rec.id, rec.example, STATUS_INVALID_RECORD, "source", rec.settings,
                                            {"error": item.error})
                     self.stats.records_in += 1
                     self.written[rec.status] += 1
