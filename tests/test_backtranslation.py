@@ -202,3 +202,94 @@ def test_resume_with_several_pivots_skips_done_inputs(tmp_path):
     with open_run(out, input_path=src, settings={"x": 1}, resume=True) as run:
         with pytest.raises(ResumeError, match="r2"):
             list(run.pending(read_records(src), bt.output_ids))
+
+
+# ------------------------------------------------------------------ whole conversations
+
+CONVERSATION = [{"from": "gpt", "value": "Fill the kettle."},             # a dump split mid-chat
+                {"from": "human", "value": "The garden is quiet."},
+                {"from": "gpt", "value": "Open the river gate."},
+                {"from": "human", "value": "Say yes."},                  # unchanged by the fake model
+                {"from": "gpt", "value": "Boil the water."}]
+
+
+def _sharegpt(rid, turns, line=1):
+    return InputRecord(rid, line, {"id": rid, "conversations": turns}, "sharegpt")
+
+
+@pytest.mark.parametrize("turns, expected", [
+    ("all", ["top up the pot.", "The yard is calm.", "launch the stream gate.", "Say yes.", "heat the water."]),
+    ("user", ["Fill the kettle.", "The yard is calm.", "Open the river gate.", "Say yes.", "Boil the water."]),
+    ("assistant", ["top up the pot.", "The garden is quiet.", "launch the stream gate.", "Say yes.",
+                   "heat the water."]),
+    ("last", ["Fill the kettle.", "The garden is quiet.", "Open the river gate.", "Say yes.", "Boil the water."]),
+])
+def test_conversation_turns_option_keeps_roles_and_order(turns, expected):
+    from instructmill.io.writers import format_record
+
+    bt = fake_translator(options=BackTranslationOptions(pivots=("xx",), turns=turns))
+    [out] = list(bt.process([_sharegpt("c1", CONVERSATION)]))
+    written = format_record(out, "sharegpt")["conversations"]
+    assert [t["from"] for t in written] == [t["from"] for t in CONVERSATION]
+    assert [t["value"] for t in written] == expected
+    # "last" paraphrases only the default field (the last user turn), which the fake leaves unchanged
+    assert out.status == ("unchanged" if turns == "last" else "ok")
+    if turns == "all":
+        assert out.extra["field_status"] == {"leading_assistant[0]": "ok", "history[0].user": "ok",
+                                             "history[0].assistant": "ok", "instruction": "unchanged",
+                                             "output": "ok"}
+        assert out.extra["turns_paraphrased"] == 4
+        assert out.extra["original"]["leading_assistant[0]"] == "Fill the kettle."
+
+
+def test_a_failed_turn_keeps_its_original_text_and_the_record_stays_ok():
+    turns = [{"from": "human", "value": "Fill the kettle with {amount} of water."},
+             {"from": "gpt", "value": "Boil the water."}]
+    bt = fake_translator(mangle=True, options=BackTranslationOptions(pivots=("xx",)))
+    [out] = list(bt.process([_sharegpt("c2", turns)]))
+    assert out.status == "ok"
+    assert out.example.instruction == "Fill the kettle with {amount} of water."  # original kept
+    assert out.example.output == "heat the water."
+    assert out.extra["field_status"] == {"instruction": "placeholder_lost", "output": "ok"}
+    assert out.extra["turns_paraphrased"] == 1
+
+
+def test_a_conversation_with_no_turn_paraphrased_is_discarded_with_the_worst_reason():
+    turns = [{"from": "human", "value": "Fill {amount} now."}, {"from": "gpt", "value": "Say yes."}]
+    bt = fake_translator(mangle=True, options=BackTranslationOptions(pivots=("xx",)))
+    [out] = list(bt.process([_sharegpt("c3", turns)]))
+    assert out.status == "placeholder_lost"
+    assert out.extra["turns_paraphrased"] == 0
+
+
+def test_assistant_only_and_empty_conversations():
+    bt = fake_translator(options=BackTranslationOptions(pivots=("xx",)))
+    only = [{"from": "gpt", "value": "Fill the kettle."}, {"from": "gpt", "value": "Boil the water."}]
+    out = list(bt.process([_sharegpt("a1", only), _sharegpt("e1", [], line=2),
+                           _sharegpt("e2", [{"from": "human", "value": "  "}], line=3)]))
+    assert [(r.id, r.status) for r in out] == [("a1", "ok"), ("e1", "empty_record"), ("e2", "empty_record")]
+    assert out[0].example.leading_assistant == ["top up the pot.", "heat the water."]
+    assert out[0].example.instruction == ""
+    assert "line 2" in out[1].extra["error"]
+
+
+def test_duplicate_ids_are_both_kept_and_the_summary_warns(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    import instructmill.models.translation as translation
+    from instructmill.cli import cli
+
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": "x", "instruction": "Fill the kettle."}, {"id": "x", "instruction": "Open the river gate."}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(translation, "load_round_trip", lambda **kw: fake_pair())
+    result = CliRunner().invoke(cli, ["backtranslate", str(src), "-o", str(tmp_path / "o.jsonl"), "--pivot", "xx"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["instruction"]) for r in lines] == [("x", "top up the pot."),
+                                                           ("x#L2", "launch the stream gate.")]
+    assert "warning: 1 input records repeat an earlier record's id" in result.output
+    assert "'x' -> 'x#L2'" in result.output
+    assert not (tmp_path / "o.errors.jsonl").exists()

@@ -255,17 +255,16 @@ def test_idset_is_a_set_with_optional_values():
         assert ids.nbytes <= (32 if with_values else 16) * 50_000
 
 
-def test_reader_reports_duplicates_with_their_first_line_and_holds_no_strings(tmp_path):
+def test_reader_keeps_duplicates_under_derived_ids(tmp_path):
     from instructmill.io import read_records
 
     path = tmp_path / "d.jsonl"
     rows = [{"id": "a"}, {"id": "b"}, {"id": "a"}, {"id": "c"}, {"id": "b"}]
     path.write_text("".join(json.dumps({**r, "instruction": "x"}) + "\n" for r in rows))
     errors = []
-    got = [r.id for r in read_records(path, on_error=errors.append)]
-    assert got == ["a", "b", "c"]
-    assert [(e.line, e.error) for e in errors] == [(3, "duplicate id 'a' (first seen on line 1)"),
-                                                  (5, "duplicate id 'b' (first seen on line 2)")]
+    got = [(r.id, r.duplicate_of) for r in read_records(path, on_error=errors.append)]
+    assert got == [("a", None), ("b", None), ("a#L3", "a"), ("c", None), ("b#L5", "b")]
+    assert errors == []
 
 
 def test_run_guards_repeats_within_the_recent_window(tmp_path):

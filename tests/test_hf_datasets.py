@@ -58,7 +58,7 @@ def test_records_from_dataset_wants_one_split():
         records_from_dataset(datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}))
 
 
-def test_records_from_dataset_streams_and_reports_duplicates():
+def test_records_from_dataset_streams_and_keeps_duplicates_under_derived_ids():
     produced = []
 
     def rows():
@@ -69,9 +69,9 @@ def test_records_from_dataset_streams_and_reports_duplicates():
     errors = []
     stream = records_from_dataset(rows(), on_error=errors.append)
     first = [next(stream) for _ in range(3)]
-    assert [r.id for r in first] == ["r0", "same", "r3"]
-    assert len(produced) == 4  # nothing read ahead of what was asked for
-    assert [(e.line, e.error) for e in errors] == [(3, "duplicate id 'same' (seen on an earlier row)")]
+    assert [(r.id, r.duplicate_of) for r in first] == [("r0", None), ("same", None), ("same#L3", "same")]
+    assert len(produced) == 3  # nothing read ahead of what was asked for
+    assert errors == []
     with pytest.raises(RecordError, match="line 3.*duplicate id 'same'"):
         list(records_from_dataset(rows(), strict=True))
 

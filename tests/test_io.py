@@ -21,6 +21,7 @@ from instructmill.io import (
     to_example,
 )
 from instructmill.records import Example, InputRecord, OutputRecord
+from instructmill.io.writers import example_fields
 
 SEED_TASKS = Path("/work/shared/data/seed_tasks.jsonl")
 
@@ -128,17 +129,24 @@ def test_custom_id_field(tmp_path):
     assert records[0].id == "q1"
 
 
-def test_duplicate_id_is_reported_not_yielded(tmp_path):
+def test_duplicate_id_is_kept_under_a_derived_id(tmp_path):
     data = b'{"id": "x", "instruction": "a"}\n{"id": "y", "instruction": "b"}\n{"id": "x", "instruction": "c"}\n'
     path = write(tmp_path, "in.jsonl", data)
     records, errors = read_all(path)
-    assert [(r.id, r.fields["instruction"]) for r in records] == [("x", "a"), ("y", "b")]
-    assert len(errors) == 1
-    assert errors[0].line == 3
-    assert errors[0].error == "duplicate id 'x' (first seen on line 1)"
+    assert [(r.id, r.fields["instruction"], r.duplicate_of) for r in records] == [
+        ("x", "a", None), ("y", "b", None), ("x#L3", "c", "x")]
+    assert errors == []
     with pytest.raises(RecordError) as info:
         list(read_records(path, strict=True))
     assert info.value.line == 3 and info.value.record == "x"
+    assert "first seen on line 1" in str(info.value)
+
+
+def test_derived_id_steps_past_an_id_the_input_already_uses(tmp_path):
+    rows = [{"id": "x"}, {"id": "x#L3"}, {"id": "x"}]
+    path = write(tmp_path, "in.jsonl", "".join(json.dumps({**r, "instruction": "i"}) + "\n" for r in rows).encode())
+    records, _ = read_all(path)
+    assert [r.id for r in records] == ["x", "x#L3", "x#L3#2"]
 
 
 # --------------------------------------------------------------------------- other formats
@@ -320,7 +328,7 @@ def test_to_example_openai_ending_with_user_and_text_parts():
     ({"instruction": "a", "output": "b", "history": [["only one"]]}, "history[0]", "pair"),
     ({"instruction": "a", "instances": []}, "instances", "empty"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "unsupported role"),
-    ({"messages": [{"role": "system", "content": "x"}]}, "messages", "no user turn"),
+    ({"messages": [{"role": "system", "content": "x"}]}, "messages", "no user or assistant turn"),
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
      "conversations[1]", "alternate"),
     ({"conversations": [{"from": "human", "value": 3}]}, "conversations[0].value", "not a string"),
@@ -333,6 +341,36 @@ def test_to_example_errors_name_record_line_and_field(fields, field, words):
     assert (err.record, err.line, err.field) == ("rec-9", 12, field)
     assert words in str(err)
     assert "rec-9" in str(err) and "line 12" in str(err)
+
+
+@pytest.mark.parametrize("turns", [[], [{"from": "system", "value": "S"}], [{"from": "human", "value": " \n"}]])
+def test_empty_conversations_get_their_own_status(turns):
+    from instructmill.errors import EmptyRecordError
+
+    with pytest.raises(EmptyRecordError) as info:
+        to_example(rec({"conversations": turns}, id="e1", line=4))
+    assert info.value.status == "empty_record"
+    assert (info.value.record, info.value.line, info.value.field) == ("e1", 4, "conversations")
+
+
+def test_leading_assistant_turns_are_kept_in_order_and_written_back():
+    turns = [{"from": "gpt", "value": "A0"}, {"from": "gpt", "value": "A0b"}, {"from": "human", "value": "Q1"},
+             {"from": "gpt", "value": "A1"}, {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    ex = to_example(rec({"conversations": turns}))
+    assert ex == Example(instruction="Q2", output="A2", history=[("Q1", "A1")], leading_assistant=["A0", "A0b"])
+    assert example_fields(ex, "sharegpt") == {"conversations": turns}
+    assert [m["role"] for m in example_fields(ex, "openai")["messages"]] == [
+        "assistant", "assistant", "user", "assistant", "user", "assistant"]
+    alpaca = example_fields(ex, "alpaca")
+    assert alpaca["leading_assistant"] == ["A0", "A0b"]
+    assert to_example(rec(alpaca)) == ex  # the Alpaca shape reads back the same example
+
+
+def test_assistant_only_conversation_is_kept_without_a_made_up_user_turn():
+    turns = [{"role": "system", "content": "S"}, {"role": "assistant", "content": "Only me."}]
+    ex = to_example(rec({"messages": turns}))
+    assert ex == Example(instruction="", system="S", leading_assistant=["Only me."])
+    assert example_fields(ex, "openai") == {"messages": turns}
 
 
 # --------------------------------------------------------------------------- writers

@@ -28,7 +28,11 @@ class RecordError(InstructmillError):
         record: the record's id, or ``None`` when the line could not be parsed.
         line: 1-based line (JSONL/CSV) or element index + 1 (JSON array); ``None`` if unknown.
         field: the field at fault, or ``None`` when the whole record is at fault.
+        status: the per-record status a method writes for it (``"invalid_record"``; subclasses
+            name their own, e.g. ``"empty_record"``).
     """
+
+    status = "invalid_record"
 
     def __init__(self, message: str, *, record: str | None = None, line: int | None = None,
                  field: str | None = None, source: str | None = None):
@@ -48,6 +52,13 @@ class RecordError(InstructmillError):
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.message = message
+
+
+class EmptyRecordError(RecordError):
+    """A record holds no text at all (e.g. a conversation with no turns, or only blank ones):
+    nothing is wrong with its shape, there is just nothing to work on."""
+
+    status = "empty_record"
 
 
 class TemplateError(RecordError):

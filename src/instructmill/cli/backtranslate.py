@@ -20,7 +20,12 @@ from .options import build_options, dataclass_options
 @click.option("--source-lang", default="en", show_default=True, help="Language of the records.")
 @click.option("--pivot", "pivots", multiple=True, help="Pivot language (repeat for several). [default: pt]")
 @click.option("--field", "fields", multiple=True, type=click.Choice(["instruction", "input", "output"]),
-              help="Field to paraphrase (repeat for several). [default: instruction]")
+              help="Field to paraphrase (repeat for several) in single-turn records, and in conversations "
+                   "with --turns last. [default: instruction]")
+@click.option("--turns", type=click.Choice(["all", "last", "user", "assistant"]), default="all", show_default=True,
+              help="Turns of a conversation (ShareGPT / messages / Alpaca with history) to paraphrase: every "
+                   "turn, only the last pair's --field(s), or every user / assistant turn. A turn that fails "
+                   "a check keeps its original text.")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Records translated together (memory bound; bigger = fuller batches).")
 @click.option("--allow-unverified", is_flag=True, help="Use a converted model whose verification failed.")
@@ -30,7 +35,7 @@ from .options import build_options, dataclass_options
                                             "short_max_length_ratio"))
 @user_errors
 def backtranslate(input_path, output, fmt, input_format, id_field, resume, overwrite, strict, limit,
-                  model, forward_model, backward_model, source_lang, pivots, fields, chunk_size,
+                  model, forward_model, backward_model, source_lang, pivots, fields, turns, chunk_size,
                   allow_unverified, **flags):
     """Paraphrase INPUT's records by translating to a pivot language and back.
 
@@ -47,7 +52,7 @@ def backtranslate(input_path, output, fmt, input_format, id_field, resume, overw
     quality = build_options(QualityOptions, flags)
     options = build_options(BackTranslationOptions, {}, source_lang=source_lang,
                             pivots=tuple(pivots) or ("pt",), fields=tuple(fields) or ("instruction",),
-                            chunk_size=chunk_size, quality=quality)
+                            turns=turns, chunk_size=chunk_size, quality=quality)
     bt = BackTranslator(model=model, forward_model=forward_model, backward_model=backward_model,
                         options=options, batching=batching, ct2_options=ct2, allow_unverified=allow_unverified)
     summary = run_records(input_path=input_path, output=output, fmt=fmt, input_format=input_format,

@@ -149,12 +149,62 @@ def print_summary(summary: dict[str, Any], extra_lines: list[str] | None = None)
                      + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())) + ")")
     if summary.get("errors"):
         lines.append(f"unreadable input lines: {summary['errors']} -> {paths.errors}")
+    if summary.get("duplicate_ids"):
+        lines.append(f"warning: {summary['duplicate_ids']} input records repeat an earlier record's id; each is "
+                     "kept under a derived id (" + ", ".join(summary["duplicate_id_examples"]) + ")")
     if summary.get("repaired"):
         lines.append("repaired torn lines: " + ", ".join(f"{k}: {v}" for k, v in summary["repaired"].items() if v))
     lines.extend(extra_lines or [])
+    lines.extend(quality_lines(summary))
     lines.extend(card_lines(summary["output"], extra_lines))
     lines.append(f"time: {summary['seconds']:.1f} s")
     click.echo("\n".join(lines), err=True)
+
+
+def quality_lines(summary: dict[str, Any]) -> list[str]:
+    """The quality figures' console lines, and ``<stem>.report.json`` / ``.report.png`` written
+    beside the output (figures of the whole output: read back from the files after a resume)."""
+    import json
+
+    from ..figures import QualityFigures, figures_from_files, plot_quality
+    from ..io.resume import run_paths
+    from ..pipeline.checkpoint import report_paths
+
+    paths = run_paths(summary["output"])
+    if summary.get("resumed") or "quality" not in summary:
+        figures = figures_from_files([paths.output, paths.discards])
+    else:
+        figures = QualityFigures.from_dict(summary["quality"])
+    data = figures.as_dict()
+    json_path, png_path = report_paths(paths.output)
+    report = {"output": paths.output, "summary": {k: v for k, v in summary.items() if k != "quality"},
+              "quality": data}
+    lines = figures.summary_lines()
+    try:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, ensure_ascii=False, indent=2, default=str)
+            fh.write("\n")
+    except OSError as exc:
+        return lines + [f"report not written: {exc}"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        holder: dict[str, Any] = {}
+
+        def axes_for(n: int):
+            fig, axes = plt.subplots(n, 1, figsize=(9, 3.2 * n), constrained_layout=True, squeeze=False)
+            holder["fig"] = fig
+            return [row[0] for row in axes]
+
+        if plot_quality(axes_for, {"run": data}):
+            holder["fig"].savefig(png_path, dpi=80)
+            plt.close(holder["fig"])
+    except Exception:  # noqa: BLE001 - the JSON holds the figures; a plot must not fail the run
+        pass
+    return lines + [f"report: {json_path}"]
 
 
 def card_lines(output: str, figures: list[str] | None) -> list[str]:

@@ -23,7 +23,7 @@ from instructmill.errors import InstructmillError, OptionError, RecordError
 from instructmill.io.idset import IdSet
 from instructmill.io.readers import ReadError, _record_id, detect_shape
 from instructmill.io.writers import example_fields, format_record
-from instructmill.records import InputRecord, OutputRecord
+from instructmill.records import InputRecord, OutputRecord, derived_id
 
 __all__ = ["MapFunction", "as_map_function", "records_from_dataset", "require_datasets", "to_dataset"]
 
@@ -80,13 +80,15 @@ def _dataset_records(ds: Iterable[dict[str, Any]], id_field: str, strict: bool,
             _report(err, source, strict, on_error)
             continue
         rid = _record_id(row, row_no, id_field)
+        duplicate_of = None
         if not seen.add(rid):
             if strict:
                 raise RecordError(f"duplicate id {rid!r}", record=rid, line=row_no, source=source)
-            _report(ReadError(row_no, f"duplicate id {rid!r} (seen on an earlier row)", repr(row)[:500], source),
-                    source, strict, on_error)
-            continue
-        yield InputRecord(id=rid, line=row_no, fields=row, shape=detect_shape(row), source=source)
+            # both rows are kept, the second under an id derived from its row number (as files do)
+            duplicate_of, rid = rid, derived_id(rid, row_no, lambda c: c in seen)
+            seen.add(rid)
+        yield InputRecord(id=rid, line=row_no, fields=row, shape=detect_shape(row), source=source,
+                          duplicate_of=duplicate_of)
 
 
 def _output_rows(records: Iterable[OutputRecord | dict[str, Any]] | str | os.PathLike[str],

@@ -47,11 +47,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from instructmill.errors import OptionError, RecordError
+from instructmill.errors import EmptyRecordError, OptionError, RecordError
 from instructmill.io.idset import IdSet
 from instructmill.io.limits import (MAX_JSON_DEPTH, InputFileError, json_too_deep, read_failure,
                                     require_regular_file)
-from instructmill.records import Example, InputRecord
+from instructmill.records import Example, InputRecord, derived_id
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -175,7 +175,9 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
             is :func:`content_id` (``"L{line}-{hash8}"``).
         strict: raise on the first bad line instead of reporting it.
         on_error: called with a :class:`ReadError` for each bad line (invalid UTF-8 or
-            JSON, not an object, wrong CSV column count, duplicate id); reading goes on.
+            JSON, not an object, wrong CSV column count); reading goes on. A record whose id an
+            earlier record already had is kept under a derived id (``"<id>#L<line>"``, see
+            :func:`~instructmill.records.derived_id`) with ``duplicate_of`` set, and logged.
             Without it bad lines are logged as warnings on the ``instructmill.io`` logger.
 
     Returns:
@@ -189,7 +191,7 @@ def read_records(path: str | os.PathLike[str], *, format: str | None = None, id_
     Raises:
         OptionError: unknown format, the file does not exist or is not a regular file (a
             FIFO, device or folder; raised at call time).
-        RecordError: with ``strict=True``, a bad line (naming path and line); always, a JSON
+        RecordError: with ``strict=True``, a bad line or a duplicate id (naming path and line); always, a JSON
             file that is not one array of values, or a CSV header with repeated names.
         InputFileError: while iterating, the file cannot be read on (not gzip, truncated or
             corrupt gzip, I/O error); the records before it have been yielded.
@@ -260,16 +262,20 @@ def _read(name: str, fmt: str, id_field: str, strict: bool,
             _report(obj, name, strict, on_error)
             continue
         rid = _record_id(obj, line, id_field, size)
+        duplicate_of = None
         if not seen.add(rid):
             duplicates += 1
-            first = _first_line(name, fmt, id_field, rid, line) if duplicates <= _DUPLICATES_LOCATED else None
-            where = f"first seen on line {first}" if first is not None else "seen on an earlier line"
-            err = ReadError(line, f"duplicate id {rid!r} ({where})", _raw_text(raw), name)
             if strict:
-                raise RecordError(err.error, record=rid, line=line, source=name)
-            _report(err, name, strict, on_error)
-            continue
-        record = InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name)
+                first = _first_line(name, fmt, id_field, rid, line)
+                where = f"first seen on line {first}" if first is not None else "seen on an earlier line"
+                raise RecordError(f"duplicate id {rid!r} ({where})", record=rid, line=line, source=name)
+            # both records are kept: the second under an id derived from its line (stable on resume)
+            duplicate_of, rid = rid, derived_id(rid, line, lambda c: c in seen)
+            seen.add(rid)
+            if duplicates <= _DUPLICATES_LOCATED:
+                log.warning("%s line %d: duplicate id %r, kept as %r", name, line, duplicate_of, rid)
+        record = InputRecord(id=rid, line=line, fields=obj, shape=detect_shape(obj), source=name,
+                             duplicate_of=duplicate_of)
         del obj, raw  # the record alone holds the data while the caller works on it
         yield record
 
@@ -517,14 +523,18 @@ def to_example(record: InputRecord) -> Example:
       first, as in LLaMA-Factory). ``null`` counts as an empty optional field.
     * sharegpt / openai: turns with roles human/user, gpt/assistant/chatgpt/bard/model and
       system (``from``/``value`` or ``role``/``content`` are accepted in either list). System
-      turns are joined into ``system``; the other turns must alternate user, assistant
-      starting with user. The last user turn becomes ``instruction``, the assistant turn after
+      turns are joined into ``system``; assistant turns before the first user turn go to
+      ``leading_assistant`` (a chat dump split mid-conversation); the other turns must alternate
+      user, assistant. The last user turn becomes ``instruction``, the assistant turn after
       it ``output`` (``""`` when the conversation ends with the user), earlier pairs ``history``.
+      A conversation of assistant turns only has ``instruction == ""``.
       OpenAI ``content`` may be a list of ``{"type": "text", "text": ...}`` parts.
 
     Raises:
         RecordError: a required field is missing or has the wrong type, naming the record
             id, its line and the field (e.g. ``conversations[3].from``).
+        EmptyRecordError: (a RecordError, status ``empty_record``) a conversation with no turns,
+            or with only blank ones.
     """
     fields, shape = record.fields, record.shape
 
@@ -561,7 +571,8 @@ def to_example(record: InputRecord) -> Example:
                        input=text(fields, "input", "input"),
                        output=text(fields, "output", "output"),
                        system=text(fields, "system", "system"),
-                       history=_history(fields.get("history"), fail))
+                       history=_history(fields.get("history"), fail),
+                       leading_assistant=_string_list(fields.get("leading_assistant"), "leading_assistant", fail))
     keys = ", ".join(repr(k) for k in list(fields)[:10])
     raise fail("instruction", f"no 'instruction' field (record shape {shape!r}, keys: {keys}); "
                               "use a template to build examples from table rows")
@@ -579,6 +590,14 @@ def _history(value: Any, fail: Callable[[str, str], RecordError]) -> list[tuple[
             raise fail(f"history[{i}]", f"'history[{i}]' is not a [user, assistant] pair of strings")
         pairs.append((pair[0], pair[1]))
     return pairs
+
+
+def _string_list(value: Any, name: str, fail: Callable[[str, str], RecordError]) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise fail(name, f"{name!r} is not a list of strings")
+    return list(value)
 
 
 def _turn_content(turn: dict[str, Any], where: str,
@@ -619,8 +638,15 @@ def _conversation_example(turns: Iterable[Any], key: str,
             dialog.append(("assistant", content, where))
         else:
             raise fail(f"{where}.{role_key}", f"unsupported role {raw_role!r} in {where}")
-    if not any(role == "user" for role, _, _ in dialog):
-        raise fail(key, f"'{key}' has no user turn")
+    if not any(text.strip() for _, text, _ in dialog):
+        err = fail(key, f"'{key}' has no user or assistant turn" + (" with text" if dialog else ""))
+        raise EmptyRecordError(err.message, record=err.record, line=err.line, field=err.field, source=err.source)
+    # a chat dump split mid-conversation starts with the assistant: those turns are kept as they are
+    leading: list[str] = []
+    while dialog and dialog[0][0] == "assistant":
+        leading.append(dialog.pop(0)[1])
+    if not dialog:  # only assistant turns
+        return Example(instruction="", system="\n\n".join(system), leading_assistant=leading)
     for i, (role, _, where) in enumerate(dialog):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
@@ -632,4 +658,4 @@ def _conversation_example(turns: Iterable[Any], key: str,
         instruction, output, earlier = dialog[-2][1], dialog[-1][1], dialog[:-2]
     history = [(earlier[j][1], earlier[j + 1][1]) for j in range(0, len(earlier), 2)]
     return Example(instruction=instruction, input="", output=output,
-                   system="\n\n".join(system), history=history)
+                   system="\n\n".join(system), history=history, leading_assistant=leading)

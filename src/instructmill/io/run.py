@@ -41,6 +41,7 @@ from instructmill.io.resume import (
     write_state,
 )
 from instructmill.io.writers import WRITE_FORMATS, JsonlWriter, format_record
+from instructmill.figures import QualityFigures
 from instructmill.records import OutputRecord
 from instructmill.status import STATUS_OK
 
@@ -243,6 +244,9 @@ class Run:
         self._previous_errors = len(self.done_error_lines)
         self._read = 0
         self._skipped = 0
+        self.figures = QualityFigures()  # this session's quality figures (figures.py)
+        self._renamed = 0
+        self._renamed_examples: list[tuple[str, str]] = []
         self._by_status: Counter[str] = Counter()
         self._errors = 0
         self._errors_skipped = 0
@@ -264,6 +268,11 @@ class Run:
         """
         for record in records:
             self._read += 1
+            original = getattr(record, "duplicate_of", None)
+            if original is not None:
+                self._renamed += 1
+                if len(self._renamed_examples) < 3:
+                    self._renamed_examples.append((original, record.id))
             wanted = list(output_ids(record.id)) if output_ids else [record.id]
             done = [i for i in wanted if i in self.done_ids]
             if len(done) == len(wanted):
@@ -305,6 +314,8 @@ class Run:
         while len(self._recent) > RECENT_IDS:
             self._recent.popitem(last=False)
         self._by_status.update(rec.status for rec in out_records)
+        for rec in out_records:
+            self.figures.observe(rec)
 
     def error(self, err: ReadError) -> None:
         """Record an unreadable input line in the errors file (once per line across resumes).
@@ -329,9 +340,12 @@ class Run:
         Returns:
             ``{"read", "skipped_done", "written_ok", "written_other", "by_status": {status: n},
             "errors", "errors_skipped", "repaired": {file: lines}, "total_ok", "total_other",
-            "total_errors", "resumed"}``: ``read`` counts records that went through
+            "total_errors", "resumed", "duplicate_ids", "duplicate_id_examples"}``:
+            ``read`` counts records that went through
             :meth:`pending`, ``skipped_done`` those already done, ``by_status`` this session's
-            writes, ``total_*`` the files' contents including earlier sessions.
+            writes, ``total_*`` the files' contents including earlier sessions, ``duplicate_ids`` the
+            records read under a derived id because an earlier record had their id (examples first),
+            ``quality`` this session's :class:`~instructmill.figures.QualityFigures`.
         """
         written_ok = self._by_status.get(STATUS_OK, 0)
         written_other = sum(self._by_status.values()) - written_ok
@@ -350,6 +364,9 @@ class Run:
             "total_other": prev_other + written_other,
             "total_errors": self._previous_errors + self._errors,
             "resumed": self.resumed,
+            "duplicate_ids": self._renamed,
+            "duplicate_id_examples": [f"{a!r} -> {b!r}" for a, b in self._renamed_examples],
+            "quality": self.figures.as_dict(),
         }
 
     def close(self) -> None:

@@ -35,11 +35,19 @@ def _user_text(ex: Example) -> str:
     return f"{ex.instruction}\n\n{ex.input}" if ex.input else ex.instruction
 
 
+def _assistant_only(example: Example) -> bool:
+    """A conversation that had no user turn (only ``leading_assistant``): no user turn is made up."""
+    return bool(example.leading_assistant) and not (example.history or example.instruction or example.input
+                                                    or example.output)
+
+
 def example_fields(example: Example, fmt: str) -> dict[str, Any]:
     """The example's fields in output shape ``fmt`` (see the module docstring).
 
     In the conversation shapes the user turn is ``instruction + "\\n\\n" + input`` when
-    ``input`` is non-empty, and the final assistant turn is left out when ``output`` is ``""``.
+    ``input`` is non-empty, and the final assistant turn is left out when ``output`` is ``""``;
+    ``leading_assistant`` turns come first (after the system turn), and a conversation of assistant
+    turns only gets no user turn. Alpaca records carry them as ``leading_assistant`` (a list of strings).
 
     Raises:
         OptionError: ``fmt`` is not one of :data:`WRITE_FORMATS`.
@@ -51,6 +59,8 @@ def example_fields(example: Example, fmt: str) -> dict[str, Any]:
             out["system"] = example.system
         if example.history:
             out["history"] = [[user, assistant] for user, assistant in example.history]
+        if example.leading_assistant:
+            out["leading_assistant"] = list(example.leading_assistant)
         return out
     if fmt == "sharegpt":
         key, role, text, names = "conversations", "from", "value", ("system", "human", "gpt")
@@ -62,10 +72,13 @@ def example_fields(example: Example, fmt: str) -> dict[str, Any]:
     turns = []
     if example.system:
         turns.append({role: system, text: example.system})
+    for answer in example.leading_assistant:
+        turns.append({role: assistant, text: answer})
     for question, answer in example.history:
         turns.append({role: user, text: question})
         turns.append({role: assistant, text: answer})
-    turns.append({role: user, text: _user_text(example)})
+    if not _assistant_only(example):
+        turns.append({role: user, text: _user_text(example)})
     if example.output:
         turns.append({role: assistant, text: example.output})
     return {key: turns}

@@ -40,6 +40,11 @@ from .segmentation import Document, Segmenter
 from .structure import check_structure
 
 
+#: Values of :attr:`BackTranslationOptions.turns`, and the roles each paraphrases.
+TURN_ROLES = {"all": ("user", "assistant"), "user": ("user",), "assistant": ("assistant",), "last": ()}
+TURN_CHOICES = tuple(TURN_ROLES)
+
+
 @dataclass(frozen=True)
 class BackTranslationOptions:
     """What to paraphrase and how.
@@ -48,7 +53,15 @@ class BackTranslationOptions:
         source_lang: language of the records (ISO 639-1 code, or the model's own code).
         pivots: pivot languages; each gives one paraphrase per record (ids get ``":<pivot>"``
             appended when there is more than one).
-        fields: Example fields to paraphrase (``instruction``, ``input``, ``output``).
+        fields: Example fields to paraphrase (``instruction``, ``input``, ``output``) in records that
+            are not conversations, and in conversations when ``turns == "last"``.
+        turns: which turns of a conversation (a record with earlier turns: ``history`` or
+            ``leading_assistant``, e.g. any multi-turn ShareGPT / OpenAI ``messages`` record) are
+            paraphrased: ``"all"`` (every user and assistant turn, the default), ``"user"``,
+            ``"assistant"``, or ``"last"`` (only ``fields`` of the last turn pair). Roles and order
+            are kept; the system prompt is never paraphrased. In a conversation a turn whose
+            paraphrase fails a check keeps its original text (``extra.field_status`` names why), and
+            the record is ``ok`` when at least one turn was paraphrased.
         chunk_size: the most records translated together (bounds memory; bigger = fuller batches).
             A chunk also ends at :data:`CHUNK_CHARS` characters, so output is written every few
             seconds whatever the record length.
@@ -58,6 +71,7 @@ class BackTranslationOptions:
     source_lang: str = "en"
     pivots: tuple[str, ...] = ("pt",)
     fields: tuple[str, ...] = ("instruction",)
+    turns: str = "all"
     chunk_size: int = 1024
     quality: QualityOptions = field(default_factory=QualityOptions)
 
@@ -73,6 +87,8 @@ class BackTranslationOptions:
             raise OptionError("fields", self.fields, f"choose from {', '.join(EXAMPLE_FIELDS)}")
         if self.chunk_size < 1:
             raise OptionError("chunk_size", self.chunk_size, "must be a positive integer")
+        if self.turns not in TURN_CHOICES:
+            raise OptionError("turns", self.turns, f"choose from {', '.join(TURN_CHOICES)}")
 
 
 @dataclass
@@ -105,10 +121,19 @@ def _record_chars(record: Any, fields: Sequence[str]) -> int:
     """Characters of ``fields`` in a record's raw row (a cheap, deterministic size)."""
     values = getattr(record, "fields", None) or {}
     total = sum(len(v) for k, v in values.items() if isinstance(v, str) and (k in fields or k not in EXAMPLE_FIELDS))
-    for turns in (values.get("conversations"), values.get("messages")):
+    for turns in (values.get("conversations"), values.get("messages"), values.get("history"),
+                  values.get("leading_assistant")):
         if isinstance(turns, list):
-            total += sum(len(str(t.get("value") or t.get("content") or "")) for t in turns if isinstance(t, dict))
+            total += sum(_turn_chars(t) for t in turns)
     return total
+
+
+def _turn_chars(turn: Any) -> int:
+    if isinstance(turn, dict):
+        return len(str(turn.get("value") or turn.get("content") or ""))
+    if isinstance(turn, (list, tuple)):
+        return sum(len(t) for t in turn if isinstance(t, str))
+    return len(turn) if isinstance(turn, str) else 0
 
 
 class BackTranslator:
@@ -223,6 +248,7 @@ class BackTranslator:
             "source_lang": self.options.source_lang,
             "pivots": list(self.options.pivots),
             "fields": list(self.options.fields),
+            "turns": self.options.turns,
             "quality": asdict(self.options.quality),
             "engines": {pivot: [fwd.settings(), bwd.settings()] for pivot, (fwd, bwd) in self.models.items()},
             "decoding": decoding_settings(self.ct2_options),
@@ -270,6 +296,35 @@ class BackTranslator:
                                     max_cost=CHUNK_CHARS):
             yield from self._process_chunk(chunk)
 
+    def targets(self, example: Example, *, conversation: bool | None = None) -> list[tuple[str, str]]:
+        """The texts of ``example`` to paraphrase, as ``(name, text)`` in conversation order.
+
+        ``conversation``: whether the record is a conversation (a ShareGPT / OpenAI ``messages``
+        record, even of one turn pair); default: whether ``example`` has earlier turns.
+
+        Names: ``instruction`` / ``input`` / ``output`` for the last turn pair,
+        ``history[i].user`` / ``history[i].assistant`` and ``leading_assistant[i]`` for earlier turns
+        (see :attr:`BackTranslationOptions.turns`).
+        """
+        roles = TURN_ROLES[self.options.turns]
+        if conversation is None:
+            conversation = example.is_conversation
+        if not (conversation and roles):
+            return [(name, example.get(name)) for name in self.options.fields]
+        out: list[tuple[str, str]] = []
+        if "assistant" in roles:
+            out += [(f"leading_assistant[{i}]", text) for i, text in enumerate(example.leading_assistant)]
+        for i, (user, assistant) in enumerate(example.history):
+            if "user" in roles:
+                out.append((f"history[{i}].user", user))
+            if "assistant" in roles:
+                out.append((f"history[{i}].assistant", assistant))
+        if "user" in roles:
+            out += [("instruction", example.instruction), ("input", example.input)]
+        if "assistant" in roles:
+            out.append(("output", example.output))
+        return out
+
     def _process_chunk(self, chunk: list[InputRecord]) -> Iterator[OutputRecord]:
         from ..io.readers import to_example
 
@@ -279,45 +334,76 @@ class BackTranslator:
                 examples.append(to_example(record))
             except RecordError as exc:
                 examples.append(exc)
-        per_pivot: dict[str, list[Paraphrase]] = {}
-        for pivot in self.options.pivots:
-            texts = [ex.get(f) if isinstance(ex, Example) else "" for ex in examples
-                     for f in self.options.fields]
-            per_pivot[pivot] = self.paraphrase(texts, pivot=pivot)
-        n_fields = len(self.options.fields)
-        for i, (record, example) in enumerate(zip(chunk, examples)):
+        conversations = [_is_conversation(record, ex) for record, ex in zip(chunk, examples)]
+        targets = [self.targets(ex, conversation=conv) if isinstance(ex, Example) else []
+                   for ex, conv in zip(examples, conversations)]
+        texts = [text for names in targets for _, text in names]
+        per_pivot = {pivot: self.paraphrase(texts, pivot=pivot) for pivot in self.options.pivots}
+        pos = 0
+        for record, example, names, conv in zip(chunk, examples, targets, conversations):
             for pivot in self.options.pivots:
                 rid = self.output_ids(record.id)[self.options.pivots.index(pivot)]
                 record_settings = self.record_settings(pivot)
                 if isinstance(example, RecordError):
-                    yield OutputRecord(rid, Example(instruction=""), "invalid_record", self.method,
+                    yield OutputRecord(rid, Example(instruction=""), example.status, self.method,
                                        record_settings, {"error": str(example), "line": record.line})
                     continue
-                results = per_pivot[pivot][i * n_fields:(i + 1) * n_fields]
-                yield self._record(rid, record, example, results, record_settings)
+                results = per_pivot[pivot][pos:pos + len(names)]
+                yield self._record(rid, record, example, [n for n, _ in names], results, record_settings,
+                                   conversation=conv)
+            pos += len(names)
 
-    def _record(self, rid: str, record: InputRecord, example: Example, results: list[Paraphrase],
-                settings: dict[str, Any]) -> OutputRecord:
+    def _record(self, rid: str, record: InputRecord, example: Example, names: list[str],
+                results: list[Paraphrase], settings: dict[str, Any], *, conversation: bool) -> OutputRecord:
         new = Example(instruction=example.instruction, input=example.input, output=example.output,
-                      system=example.system, history=list(example.history))
+                      system=example.system, history=[list(pair) for pair in example.history],  # type: ignore[misc]
+                      leading_assistant=list(example.leading_assistant))
+        # a conversation keeps a failed turn's original text; a single example is judged whole
+        per_turn = conversation and self.options.turns != "last"
         field_status: dict[str, str] = {}
         statuses: list[str | None] = []
         detail: dict[str, Any] = {}
-        for name, result in zip(self.options.fields, results):
-            setattr(new, name, result.text)
+        paraphrased = 0
+        for name, result in zip(names, results):
             if not result.source.strip():
                 continue
             field_status[name] = result.status
-            statuses.append(None if result.status == STATUS_OK else result.status)
+            ok = result.status == STATUS_OK
+            statuses.append(None if ok else result.status)
+            if ok or not per_turn:
+                _set_text(new, name, result.text)
+            paraphrased += ok
             if result.detail:
                 detail[name] = result.detail
-        status = worst_status(statuses) or STATUS_OK
+        new.history = [(u, a) for u, a in new.history]
+        if per_turn:
+            status = STATUS_OK if paraphrased else (worst_status(statuses) or "unchanged")
+        else:
+            status = worst_status(statuses) or STATUS_OK
         extra: dict[str, Any] = {
             "source_id": record.id,
-            "original": {name: example.get(name) for name in self.options.fields},
-            "pivot_text": {name: r.pivot_text for name, r in zip(self.options.fields, results)},
+            "original": {name: r.source for name, r in zip(names, results)},
+            "pivot_text": {name: r.pivot_text for name, r in zip(names, results)},
             "field_status": field_status,
         }
+        if per_turn:
+            extra["turns_paraphrased"] = paraphrased
         if detail:
             extra["detail"] = detail
         return OutputRecord(rid, new, status, self.method, settings, extra)
+
+
+def _is_conversation(record: InputRecord, example: Example | RecordError) -> bool:
+    """A ShareGPT / OpenAI record (of any length), or any example with earlier turns."""
+    return record.shape in ("sharegpt", "openai") or (isinstance(example, Example) and example.is_conversation)
+
+
+def _set_text(example: Example, name: str, text: str) -> None:
+    """Put ``text`` into the turn or field ``name`` (see :meth:`BackTranslator.targets`)."""
+    if name.startswith("leading_assistant["):
+        example.leading_assistant[int(name[18:-1])] = text
+    elif name.startswith("history["):
+        index, role = name[8:].split("].")
+        example.history[int(index)][0 if role == "user" else 1] = text  # type: ignore[index]
+    else:
+        setattr(example, name, text)

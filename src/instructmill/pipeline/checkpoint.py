@@ -51,6 +51,8 @@ def encode_record(rec: OutputRecord) -> dict[str, Any]:
         example["system"] = ex.system
     if ex.history:
         example["history"] = [list(turn) for turn in ex.history]
+    if ex.leading_assistant:
+        example["leading_assistant"] = list(ex.leading_assistant)
     return {"id": rec.id, "example": example, "status": rec.status, "method": rec.method,
             "settings": rec.settings, "extra": rec.extra}
 
@@ -59,7 +61,8 @@ def decode_record(data: dict[str, Any]) -> OutputRecord:
     """The inverse of :func:`encode_record`."""
     ex = data["example"]
     example = Example(instruction=ex["instruction"], input=ex.get("input", ""), output=ex.get("output", ""),
-                      system=ex.get("system", ""), history=[(u, a) for u, a in ex.get("history", [])])
+                      system=ex.get("system", ""), history=[(u, a) for u, a in ex.get("history", [])],
+                      leading_assistant=list(ex.get("leading_assistant", [])))
     return OutputRecord(id=data["id"], example=example, status=data["status"], method=data.get("method", ""),
                         settings=data.get("settings") or {}, extra=data.get("extra") or {})
 

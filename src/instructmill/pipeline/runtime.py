@@ -70,7 +70,7 @@ WINDOW_CHARS = 20_000
 
 def _example_chars(example: Example) -> int:
     return (len(example.instruction) + len(example.input) + len(example.output)
-            + sum(len(u) + len(a) for u, a in example.history))
+            + sum(len(u) + len(a) for u, a in example.history) + sum(len(a) for a in example.leading_assistant))
 
 
 class PipelineError(InstructmillError):

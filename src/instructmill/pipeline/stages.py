@@ -68,6 +68,8 @@ class Item:
             fields_["system"] = ex.system
         if ex.history:
             fields_["history"] = [list(turn) for turn in ex.history]
+        if ex.leading_assistant:
+            fields_["leading_assistant"] = list(ex.leading_assistant)
         return InputRecord(id=self.record.id, line=0, fields=fields_, shape="alpaca")
 
 
