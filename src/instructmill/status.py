@@ -37,6 +37,7 @@ ENGINE_STATUSES: Mapping[str, str] = MappingProxyType({
 # ---------------------------------------------------------------------------- record statuses
 # any method / stage
 STATUS_INVALID_RECORD = "invalid_record"
+STATUS_EMPTY_RECORD = "empty_record"
 STATUS_EMPTY_OUTPUT = "empty_output"
 STATUS_OUTPUT_TRUNCATED = "output_truncated"
 STATUS_EMPTY_INSTRUCTION = "empty_instruction"
@@ -74,6 +75,7 @@ STATUS_UNCHANGED = "unchanged"
 RECORD_STATUSES: Mapping[str, str] = MappingProxyType({
     STATUS_OK: "the record goes to the output",
     STATUS_INVALID_RECORD: "the input row has no usable example (its error is in extra)",
+    STATUS_EMPTY_RECORD: "the input row holds no text at all (e.g. a conversation with no turns)",
     STATUS_EMPTY_PROMPT: "the engine refused the prompt: it is empty",
     STATUS_PROMPT_TOO_LONG: "the engine refused the prompt: no room for output within max_model_len",
     STATUS_EMPTY_OUTPUT: "the model wrote nothing (or a round trip gave nothing for a non-empty source)",

@@ -42,7 +42,7 @@ from ..engine.llm import LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import Example, InputRecord, OutputRecord
 from ..status import (STATUS_EVOL_BAD_RESPONSE, STATUS_EVOL_COPIED_PROMPT, STATUS_EVOL_EMPTY,
-                      STATUS_EVOL_NO_GAIN, STATUS_EVOL_TOO_HARD, STATUS_INVALID_RECORD, STATUS_OK,
+                      STATUS_EVOL_NO_GAIN, STATUS_EVOL_TOO_HARD, STATUS_OK,
                       record_status)
 from .llm_parsing import strip_label
 from .base import RecordMethod
@@ -245,7 +245,7 @@ class Evolver(RecordMethod):
                     raise RecordError("empty instruction", record=record.id, line=record.line, field="instruction")
                 current[i] = text
             except RecordError as exc:
-                out[i] = [OutputRecord(rid, Example(instruction=""), STATUS_INVALID_RECORD, self.method,
+                out[i] = [OutputRecord(rid, Example(instruction=""), exc.status, self.method,
                                        self.record_settings(), {"error": str(exc)})
                           for rid in self.output_ids(record.id)]
         for t in range(1, opts.rounds + 1):

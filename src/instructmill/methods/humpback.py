@@ -36,7 +36,7 @@ from typing import Any, Iterator
 from ..engine.llm import LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
 from ..records import Example, InputRecord, OutputRecord
-from ..status import (STATUS_EMPTY_INSTRUCTION, STATUS_EMPTY_TEXT, STATUS_INVALID_RECORD, STATUS_LOW_SCORE,
+from ..status import (STATUS_EMPTY_INSTRUCTION, STATUS_EMPTY_TEXT, STATUS_LOW_SCORE,
                       STATUS_OK, STATUS_SCORE_PARSE_ERROR, record_status)
 from .base import RecordMethod
 from .llm_parsing import extract_json, parse_score, strip_label
@@ -222,7 +222,7 @@ class Humpback(RecordMethod):
             try:
                 text = self.text_of(record).strip()
             except RecordError as exc:
-                state.update(status=STATUS_INVALID_RECORD, text="")
+                state.update(status=exc.status, text="")
                 state["extra"]["error"] = str(exc)
                 states.append(state)
                 continue

@@ -191,7 +191,7 @@ class RunContext:
     def __init__(self, spec: PipelineSpec, options: RayOptions, engines: dict[str, Any] | None,
                  service_factory: Any, ray: Any, state: StateDir, resumed: bool,
                  on_batch: Callable[[dict[str, Any]], None] | None):
-        from .runtime import NodeStats
+        from .nodes import NodeStats
 
         self.spec = spec
         self.options = options
@@ -337,7 +337,7 @@ class RunContext:
     def _source_blocks(self, root: RootPlan, done: int) -> tuple[list[Any], int]:
         """Read a source with the local runtime's ``SourceNode`` (same ids, errors file, invalid
         rows), straight into blocks (and the seeds of the Self-Instruct stages that read it)."""
-        from .runtime import SourceNode
+        from .nodes import SourceNode
 
         spec = self.spec
         seeds: list[Item] | None = None
