@@ -376,7 +376,7 @@ def test_translation_close_stops_workers_and_fails_held_items():
         time.sleep(0.005)
     service.close()
     thread.join(5)
-    assert all(not w.is_alive() for w in service._workers)
+    assert all(not w.is_alive() for w in service._pool.workers)
     assert isinstance(out[0], ServiceClosedError)
     assert engine.calls == [["first"]]  # the held item never reached the engine
     assert closed == [True]

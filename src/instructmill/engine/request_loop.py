@@ -49,7 +49,8 @@ class LoopListener:
     requests of ``prompt_tokens`` tokens), ``start`` (the engine took ``n`` requests: one batch of
     ``callers`` calls, or, ``batch=False``, requests joining a continuous batch), ``prompt`` (the
     engine read a prompt of ``tokens`` tokens), ``step`` (one continuous-batching engine step),
-    ``stop`` (the engine released ``n`` requests having produced ``output_tokens`` more tokens),
+    ``stop`` (the engine released ``n`` requests having produced ``output_tokens`` more tokens, or
+    ``total_output`` tokens in all),
     ``complete`` (``n`` requests of ``tag`` went back to their caller; ``failed`` with an error).
     """
 
@@ -65,8 +66,9 @@ class LoopListener:
     def step(self) -> None:
         """One continuous-batching engine step."""
 
-    def stop(self, n: int, output_tokens: int | None = None) -> None:
-        """The engine released ``n`` requests."""
+    def stop(self, n: int, output_tokens: int | None = None, *, total_output: int | None = None) -> None:
+        """The engine released ``n`` requests (``total_output``: output tokens so far, for engines that
+        count cumulatively)."""
 
     def complete(self, tag: str, n: int, output_tokens: int | None, *, failed: bool = False) -> None:
         """``n`` requests of ``tag`` went back to their caller."""
