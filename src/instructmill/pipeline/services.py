@@ -67,6 +67,59 @@ class _Client:
         """Nothing to release: the engine belongs to the service."""
 
 
+class _Service:
+    """What both services share: per-stage clients made once, closing once, ``with`` support.
+
+    Subclasses set ``_noun`` (for messages), ``_client_class`` and ``_engine`` (the engine-side
+    loop or pool, closed before the backend).
+    """
+
+    _noun = "engine"
+    _client_class: Any
+    _engine: Any
+
+    def __init__(self, backend: Any, *, name: str, close_backend: bool):
+        self.backend = backend
+        self.name = name
+        self.close_backend = close_backend
+        self._meter = EngineMeter()
+        self._state = threading.Lock()
+        self._closed = False
+        self._clients: dict[str, Any] = {}
+
+    def client(self, stage: str) -> Any:
+        """The backend proxy for ``stage`` (the same object for the same stage name): call it from the
+        stage's thread as the backend itself; its work is merged with the other stages' work.
+
+        Raises:
+            ServiceClosedError: the service is closed.
+        """
+        with self._state:
+            if self._closed:
+                raise ServiceClosedError(f"{self._noun} service {self.name!r} is closed")
+            client = self._clients.get(stage)
+            if client is None:
+                client = self._clients[stage] = self._client_class(self, stage)
+            return client
+
+    def close(self) -> None:
+        """Stop the engine side (work running finishes where the engine can finish it; work still
+        queued fails with :class:`ServiceClosedError`), then close the backend when
+        ``close_backend``. Idempotent."""
+        with self._state:
+            first = not self._closed
+            self._closed = True
+        self._engine.close()
+        if first and self.close_backend:
+            self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------------- LLMs
 class _LLMClient(_Client, LLMBackend):
     """An :class:`LLMBackend` whose ``_generate`` hands its requests to a shared :class:`LLMService`.
@@ -109,7 +162,7 @@ class _LLMClient(_Client, LLMBackend):
         return [future.result() for future in futures]
 
 
-class LLMService:
+class LLMService(_Service):
     """One shared LLM engine for every stage that names it. Thread-safe.
 
     Args:
@@ -128,37 +181,16 @@ class LLMService:
             without a continuous loop.
     """
 
+    _noun = "LLM"
+    _client_class = _LLMClient
+
     def __init__(self, backend: LLMBackend, *, name: str, mode: str = "auto", gather_ms: float = 5.0,
                  close_backend: bool = True):
-        self.backend = backend
-        self.name = name
-        self.close_backend = close_backend
-        self._meter = EngineMeter()
-        self._state = threading.Lock()
+        super().__init__(backend, name=name, close_backend=close_backend)
         self._tokenizer_lock = threading.Lock()
-        self._closed = False
-        self._clients: dict[str, _LLMClient] = {}
-        self._loop = backend.request_loop(name=name, mode=mode, gather_ms=gather_ms,
-                                          label=f"LLM service {name!r}", listener=self._meter)
+        self._loop = self._engine = backend.request_loop(name=name, mode=mode, gather_ms=gather_ms,
+                                                         label=f"LLM service {name!r}", listener=self._meter)
         self.mode = self._loop.mode
-
-    # ------------------------------------------------------------------ public
-    def client(self, stage: str) -> LLMBackend:
-        """An :class:`LLMBackend` proxy for ``stage`` (the same object for the same stage name).
-
-        Call ``client.generate(...)`` from the stage's thread as with any backend; its requests are
-        merged with the other stages' requests into the engine's batches.
-
-        Raises:
-            ServiceClosedError: the service is closed.
-        """
-        with self._state:
-            if self._closed:
-                raise ServiceClosedError(f"LLM service {self.name!r} is closed")
-            client = self._clients.get(stage)
-            if client is None:
-                client = self._clients[stage] = _LLMClient(self, stage)
-            return client
 
     def stats(self) -> dict[str, Any]:
         """Counters of the engine so far.
@@ -178,22 +210,6 @@ class LLMService:
         snap = self._meter.snapshot()
         return {"engine": self.name, "kind": "llm", "mode": self.mode, "backend": self.backend.name,
                 "model": self.backend.model, **snap}
-
-    def close(self) -> None:
-        """Stop the engine loop (requests still queued, or running in vLLM, fail with
-        :class:`ServiceClosedError`), then close the backend when ``close_backend``. Idempotent."""
-        with self._state:
-            first = not self._closed
-            self._closed = True
-        self._loop.close()
-        if first and self.close_backend:
-            self.backend.close()
-
-    def __enter__(self) -> "LLMService":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------- translation
@@ -229,8 +245,9 @@ class _TranslationClient(_Client, TranslationBackend):
         return outputs
 
 
-class TranslationService:
+class TranslationService(_Service):
     """One shared translation model direction (a :class:`TranslationBackend`) for every stage that uses it.
+    Thread-safe.
 
     The batching is the engine's :class:`~instructmill.engine.translation_pool.TranslationPool`;
     the service hands out per-stage clients and meters the pool.
@@ -250,6 +267,9 @@ class TranslationService:
         OptionError: negative ``max_wait_ms`` or a ``client_parallel_batches`` below 1.
     """
 
+    _noun = "translation"
+    _client_class = _TranslationClient
+
     def __init__(self, backend: TranslationBackend, *, name: str, batching: BatchingOptions | None = None,
                  max_wait_ms: float = 2.0, client_parallel_batches: int | None = None,
                  close_backend: bool = True):
@@ -257,34 +277,11 @@ class TranslationService:
             client_parallel_batches = 2 * max(1, int(backend.parallel_batches))
         if client_parallel_batches < 1:
             raise OptionError("client_parallel_batches", client_parallel_batches, "must be a positive integer")
-        self.backend = backend
-        self.name = name
+        super().__init__(backend, name=name, close_backend=close_backend)
         self.client_parallel_batches = client_parallel_batches
-        self.close_backend = close_backend
-        self._meter = EngineMeter()
-        self._state = threading.Lock()
-        self._closed = False
-        self._clients: dict[str, _TranslationClient] = {}
-        self._pool = TranslationPool(backend, name=name, label=f"translation service {name!r}", batching=batching,
+        self._pool = self._engine = TranslationPool(backend, name=name, label=f"translation service {name!r}", batching=batching,
                                      max_wait_ms=max_wait_ms, listener=self._meter)
         self.batching = self._pool.batching
-
-    # ------------------------------------------------------------------ public
-    def client(self, stage: str) -> TranslationBackend:
-        """A :class:`TranslationBackend` proxy for ``stage`` (the same object for the same name):
-        ``translate_batch`` calls from several stages/threads are merged into token-budget
-        batches run on the real backend's ``parallel_batches`` workers.
-
-        Raises:
-            ServiceClosedError: the service is closed.
-        """
-        with self._state:
-            if self._closed:
-                raise ServiceClosedError(f"translation service {self.name!r} is closed")
-            client = self._clients.get(stage)
-            if client is None:
-                client = self._clients[stage] = _TranslationClient(self, stage)
-            return client
 
     def stats(self) -> dict[str, Any]:
         """Counters of the engine so far: the keys of :meth:`LLMService.stats` (``kind``:
@@ -300,19 +297,3 @@ class TranslationService:
         return {"engine": self.name, "kind": "translation", "mode": "batch", "backend": self.backend.name,
                 "model": self.backend.model, "source_lang": self.backend.source_lang,
                 "target_lang": self.backend.target_lang, **snap}
-
-    def close(self) -> None:
-        """Stop the workers (batches running finish; items still held fail with
-        :class:`ServiceClosedError`), then close the backend when ``close_backend``. Idempotent."""
-        with self._state:
-            first = not self._closed
-            self._closed = True
-        self._pool.close()
-        if first and self.close_backend:
-            self.backend.close()
-
-    def __enter__(self) -> "TranslationService":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
