@@ -54,6 +54,15 @@ class _Client:
     owns the engine."""
 
     _service: Any
+    #: attributes copied from the real backend when the client is made (what the engine can do
+    #: decides how the base class builds and sends work)
+    _copied: tuple[str, ...] = ("name", "model")
+
+    def _attach(self, service: Any, stage: str) -> None:
+        self._service = service
+        self.stage = stage
+        for name in self._copied:
+            setattr(self, name, getattr(service.backend, name))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -128,19 +137,12 @@ class _LLMClient(_Client, LLMBackend):
     class's; encoding and decoding are the real backend's.
     """
 
+    _copied = ("name", "model", "tokenizer", "max_model_len", "tokenizes_locally", "supports_json_schema",
+               "budget_batching")
+
     def __init__(self, service: "LLMService", stage: str):
-        backend = service.backend
-        LLMBackend.__init__(self, backend.options)
-        self._service = service
-        self.stage = stage
-        self.name = backend.name
-        self.model = backend.model
-        self.tokenizer = backend.tokenizer
-        self.max_model_len = backend.max_model_len
-        # what the engine can do decides how prompts are built and sent (class attributes there)
-        self.tokenizes_locally = backend.tokenizes_locally
-        self.supports_json_schema = backend.supports_json_schema
-        self.budget_batching = backend.budget_batching
+        LLMBackend.__init__(self, service.backend.options)
+        self._attach(service, stage)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         with self._service._tokenizer_lock:
@@ -222,16 +224,11 @@ class _TranslationClient(_Client, TranslationBackend):
     its workers run). ``stats`` counts this stage's calls (``busy_seconds``: time spent waiting).
     """
 
+    _copied = ("name", "model", "source_lang", "target_lang", "max_input_tokens")
+
     def __init__(self, service: "TranslationService", stage: str):
         TranslationBackend.__init__(self)
-        backend = service.backend
-        self._service = service
-        self.stage = stage
-        self.name = backend.name
-        self.model = backend.model
-        self.source_lang = backend.source_lang
-        self.target_lang = backend.target_lang
-        self.max_input_tokens = backend.max_input_tokens
+        self._attach(service, stage)
         self.parallel_batches = service.client_parallel_batches
 
     def encode(self, texts: list[str]) -> list[Encoded]:
