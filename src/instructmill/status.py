@@ -19,100 +19,85 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-# ---------------------------------------------------------------------------- engine statuses
-#: The prompt ran (engine) / the record goes to the output (record).
-STATUS_OK = "ok"
-#: The prompt is empty: the engine did not run it.
-STATUS_EMPTY_PROMPT = "empty_prompt"
-#: The prompt leaves no room for output within ``max_model_len``: the engine did not run it.
-STATUS_PROMPT_TOO_LONG = "prompt_too_long"
+_engine: dict[str, str] = {}
+_record: dict[str, str] = {}
 
-#: name -> what it means, for every engine status.
-ENGINE_STATUSES: Mapping[str, str] = MappingProxyType({
-    STATUS_OK: "the engine ran the prompt",
-    STATUS_EMPTY_PROMPT: "the prompt is empty; the engine did not run it",
-    STATUS_PROMPT_TOO_LONG: "the prompt leaves no room for output within max_model_len; the engine did not run it",
-})
+
+def _status(table: dict[str, str], name: str, meaning: str) -> str:
+    """Register ``name`` with its meaning in ``table``; returns ``name`` (for the constant)."""
+    if name in table:
+        raise ValueError(f"status {name!r} is defined twice")
+    table[name] = meaning
+    return name
+
+
+# ---------------------------------------------------------------------------- engine statuses
+STATUS_OK = _status(_engine, "ok", "the engine ran the prompt")
+STATUS_EMPTY_PROMPT = _status(_engine, "empty_prompt", "the prompt is empty; the engine did not run it")
+STATUS_PROMPT_TOO_LONG = _status(_engine, "prompt_too_long",
+                                 "the prompt leaves no room for output within max_model_len; the engine did not run it")
 
 # ---------------------------------------------------------------------------- record statuses
-# any method / stage
-STATUS_INVALID_RECORD = "invalid_record"
-STATUS_EMPTY_RECORD = "empty_record"
-STATUS_EMPTY_OUTPUT = "empty_output"
-STATUS_OUTPUT_TRUNCATED = "output_truncated"
-STATUS_EMPTY_INSTRUCTION = "empty_instruction"
-STATUS_TEMPLATE_ERROR = "template_error"
-STATUS_DUPLICATE = "duplicate"
-# LLM output that could not be read
-STATUS_PARSE_ERROR = "parse_error"
-STATUS_SCORE_PARSE_ERROR = "score_parse_error"
-STATUS_LOW_SCORE = "low_score"
-# method rules (self-instruct, evol, pipeline filters) and back-translation quality checks
-STATUS_EMPTY_TEXT = "empty_text"
-STATUS_TRUNCATED = "truncated"
-STATUS_ROUGE_DUPLICATE = "rouge_duplicate"
-STATUS_EMPTY = "empty"
-STATUS_BAD_START = "bad_start"
-STATUS_TOO_SHORT = "too_short"
-STATUS_TOO_LONG = "too_long"
-STATUS_BLACKLISTED = "blacklisted"
-STATUS_REGEX_REQUIRED = "regex_required"
-STATUS_REGEX_REJECTED = "regex_rejected"
-STATUS_EVOL_EMPTY = "evol_empty"
-STATUS_EVOL_COPIED_PROMPT = "evol_copied_prompt"
-STATUS_EVOL_NO_GAIN = "evol_no_gain"
-STATUS_EVOL_TOO_HARD = "evol_too_hard"
-STATUS_EVOL_BAD_RESPONSE = "evol_bad_response"
-STATUS_INPUT_TOO_LONG = "input_too_long"
-STATUS_PLACEHOLDER_LOST = "placeholder_lost"
-STATUS_STRUCTURE_CHANGED = "structure_changed"
-STATUS_NUMBER_ADDED = "number_added"
-STATUS_DEGENERATE = "degenerate"
-STATUS_LENGTH_MISMATCH = "length_mismatch"
-STATUS_UNCHANGED = "unchanged"
+# an engine status that reaches a record keeps its name (see record_status)
+_status(_record, STATUS_OK, "the record goes to the output")
+_status(_record, STATUS_EMPTY_PROMPT, "the engine refused the prompt: it is empty")
+_status(_record, STATUS_PROMPT_TOO_LONG, "the engine refused the prompt: no room for output within max_model_len")
+# any method or stage
+STATUS_INVALID_RECORD = _status(_record, "invalid_record",
+                                "the input row has no usable example (its error is in extra)")
+STATUS_EMPTY_RECORD = _status(_record, "empty_record",
+                              "the input row holds no text at all (e.g. a conversation with no turns)")
+STATUS_EMPTY_OUTPUT = _status(_record, "empty_output",
+                              "the model wrote nothing (or a round trip gave nothing for a non-empty source)")
+STATUS_OUTPUT_TRUNCATED = _status(_record, "output_truncated", "the answer hit max_tokens")
+STATUS_EMPTY_INSTRUCTION = _status(_record, "empty_instruction",
+                                   "no instruction to answer (respond) or none was written (humpback)")
+STATUS_TEMPLATE_ERROR = _status(_record, "template_error",
+                                "the template could not render the row (or passed a time / size limit)")
+STATUS_DUPLICATE = _status(_record, "duplicate",
+                           "the dedup stage found an earlier record with the same or a near key")
+# LLM output that could not be read or did not pass
+STATUS_PARSE_ERROR = _status(_record, "parse_error", "the model's output could not be read as tasks")
+STATUS_SCORE_PARSE_ERROR = _status(_record, "score_parse_error", "no score could be read from the judge's output")
+STATUS_LOW_SCORE = _status(_record, "low_score", "the judge's score is below the threshold")
+STATUS_EMPTY_TEXT = _status(_record, "empty_text", "humpback: the record has no text to write an instruction for")
+# self-instruct
+STATUS_TRUNCATED = _status(_record, "truncated", "self-instruct: the sample hit max_tokens inside this task")
+STATUS_ROUGE_DUPLICATE = _status(_record, "rouge_duplicate",
+                                 "self-instruct: ROUGE-L too close to an instruction already in the pool")
+STATUS_EMPTY = _status(_record, "empty", "self-instruct: no instruction text")
+STATUS_BAD_START = _status(_record, "bad_start",
+                           "self-instruct: the instruction starts with punctuation or a non-ASCII character")
+# self-instruct rules and pipeline filter rules
+STATUS_TOO_SHORT = _status(_record, "too_short", "fewer words than min_words")
+STATUS_TOO_LONG = _status(_record, "too_long", "more words than max_words")
+STATUS_BLACKLISTED = _status(_record, "blacklisted", "a blacklisted keyword")
+STATUS_REGEX_REQUIRED = _status(_record, "regex_required", "filter: a field does not match its required pattern")
+STATUS_REGEX_REJECTED = _status(_record, "regex_rejected", "filter: a field matches its rejected pattern")
+# evol-instruct elimination rules
+STATUS_EVOL_EMPTY = _status(_record, "evol_empty", "evol: the rewrite is empty")
+STATUS_EVOL_COPIED_PROMPT = _status(_record, "evol_copied_prompt", "evol: the rewrite copies the evolving prompt")
+STATUS_EVOL_NO_GAIN = _status(_record, "evol_no_gain", "evol: the rewrite equals the original")
+STATUS_EVOL_TOO_HARD = _status(_record, "evol_too_hard", "evol: the response says sorry in few words")
+STATUS_EVOL_BAD_RESPONSE = _status(_record, "evol_bad_response",
+                                   "evol: the response is only punctuation and stop words")
+# back-translation quality checks (methods/quality.py, methods/structure.py)
+STATUS_INPUT_TOO_LONG = _status(_record, "input_too_long",
+                                "a piece of the source exceeds the model's limit and cannot be split")
+STATUS_PLACEHOLDER_LOST = _status(_record, "placeholder_lost",
+                                  "a protected span (code, URL, {placeholder}, number) did not come back")
+STATUS_STRUCTURE_CHANGED = _status(_record, "structure_changed",
+                                   "a protected span or shape differs between source and output")
+STATUS_NUMBER_ADDED = _status(_record, "number_added", "the output has a number the source does not")
+STATUS_DEGENERATE = _status(_record, "degenerate",
+                            "the pivot or the output loops (repeated n-grams, one word dominating)")
+STATUS_LENGTH_MISMATCH = _status(_record, "length_mismatch", "the output is far shorter or longer than the source")
+STATUS_UNCHANGED = _status(_record, "unchanged", "the round trip gave back the source")
 
+#: name -> what it means, for every engine status.
+ENGINE_STATUSES: Mapping[str, str] = MappingProxyType(_engine)
 #: name -> what it means, for every record status (``ok`` and the discard reasons).
-RECORD_STATUSES: Mapping[str, str] = MappingProxyType({
-    STATUS_OK: "the record goes to the output",
-    STATUS_INVALID_RECORD: "the input row has no usable example (its error is in extra)",
-    STATUS_EMPTY_RECORD: "the input row holds no text at all (e.g. a conversation with no turns)",
-    STATUS_EMPTY_PROMPT: "the engine refused the prompt: it is empty",
-    STATUS_PROMPT_TOO_LONG: "the engine refused the prompt: no room for output within max_model_len",
-    STATUS_EMPTY_OUTPUT: "the model wrote nothing (or a round trip gave nothing for a non-empty source)",
-    STATUS_OUTPUT_TRUNCATED: "the answer hit max_tokens",
-    STATUS_EMPTY_INSTRUCTION: "no instruction to answer (respond) or none was written (humpback)",
-    STATUS_EMPTY_TEXT: "humpback: the record has no text to write an instruction for",
-    STATUS_TEMPLATE_ERROR: "the template could not render the row (or passed a time / size limit)",
-    STATUS_DUPLICATE: "the dedup stage found an earlier record with the same or a near key",
-    STATUS_PARSE_ERROR: "the model's output could not be read as tasks",
-    STATUS_SCORE_PARSE_ERROR: "no score could be read from the judge's output",
-    STATUS_LOW_SCORE: "the judge's score is below the threshold",
-    # self-instruct
-    STATUS_TRUNCATED: "self-instruct: the sample hit max_tokens inside this task",
-    STATUS_ROUGE_DUPLICATE: "self-instruct: ROUGE-L too close to an instruction already in the pool",
-    STATUS_EMPTY: "self-instruct: no instruction text",
-    STATUS_BAD_START: "self-instruct: the instruction starts with punctuation or a non-ASCII character",
-    # self-instruct rules and pipeline filter rules
-    STATUS_TOO_SHORT: "fewer words than min_words",
-    STATUS_TOO_LONG: "more words than max_words",
-    STATUS_BLACKLISTED: "a blacklisted keyword",
-    STATUS_REGEX_REQUIRED: "filter: a field does not match its required pattern",
-    STATUS_REGEX_REJECTED: "filter: a field matches its rejected pattern",
-    # evol-instruct elimination rules
-    STATUS_EVOL_EMPTY: "evol: the rewrite is empty",
-    STATUS_EVOL_COPIED_PROMPT: "evol: the rewrite copies the evolving prompt",
-    STATUS_EVOL_NO_GAIN: "evol: the rewrite equals the original",
-    STATUS_EVOL_TOO_HARD: "evol: the response says sorry in few words",
-    STATUS_EVOL_BAD_RESPONSE: "evol: the response is only punctuation and stop words",
-    # back-translation quality checks (methods/quality.py, methods/structure.py)
-    STATUS_INPUT_TOO_LONG: "a piece of the source exceeds the model's limit and cannot be split",
-    STATUS_PLACEHOLDER_LOST: "a protected span (code, URL, {placeholder}, number) did not come back",
-    STATUS_STRUCTURE_CHANGED: "a protected span or shape differs between source and output",
-    STATUS_NUMBER_ADDED: "the output has a number the source does not",
-    STATUS_DEGENERATE: "the pivot or the output loops (repeated n-grams, one word dominating)",
-    STATUS_LENGTH_MISMATCH: "the output is far shorter or longer than the source",
-    STATUS_UNCHANGED: "the round trip gave back the source",
-})
+RECORD_STATUSES: Mapping[str, str] = MappingProxyType(_record)
 
 #: Record statuses that keep a record out of the output (every one but ``ok``).
 DISCARD_STATUSES = frozenset(RECORD_STATUSES) - {STATUS_OK}
