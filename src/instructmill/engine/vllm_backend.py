@@ -3,7 +3,10 @@
 All requests of a chunk go to one ``LLM.generate`` call as token-id prompts
 (``TokensPrompt``) with one ``SamplingParams`` each, so vLLM's scheduler sees the whole
 chunk at once and keeps its batch full (continuous batching); results come back in request
-order. The engine core runs in a spawned process; it is started without re-importing the user's
+order. Callers on several threads (the pipeline's shared services) go through
+:class:`VLLMEngineLoop` instead (:meth:`~instructmill.engine.llm.LLMBackend.request_loop`): one
+thread runs vLLM's ``add_request`` / ``step`` loop and new requests join the running batch between
+steps. The engine core runs in a spawned process; it is started without re-importing the user's
 main module (:func:`_main_module_hidden`), so a plain script needs no ``if __name__ == "__main__":``
 guard.
 
