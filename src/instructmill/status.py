@@ -81,7 +81,7 @@ STATUS_EVOL_NO_GAIN = _status(_record, "evol_no_gain", "evol: the rewrite equals
 STATUS_EVOL_TOO_HARD = _status(_record, "evol_too_hard", "evol: the response says sorry in few words")
 STATUS_EVOL_BAD_RESPONSE = _status(_record, "evol_bad_response",
                                    "evol: the response is only punctuation and stop words")
-# back-translation quality checks (methods/quality.py, methods/structure.py)
+# back-translation quality checks (methods/quality.py, methods/structure.py, methods/meaning.py)
 STATUS_INPUT_TOO_LONG = _status(_record, "input_too_long",
                                 "a piece of the source exceeds the model's limit and cannot be split")
 STATUS_PLACEHOLDER_LOST = _status(_record, "placeholder_lost",
@@ -92,6 +92,12 @@ STATUS_NUMBER_ADDED = _status(_record, "number_added", "the output has a number 
 STATUS_DEGENERATE = _status(_record, "degenerate",
                             "the pivot or the output loops (repeated n-grams, one word dominating)")
 STATUS_LENGTH_MISMATCH = _status(_record, "length_mismatch", "the output is far shorter or longer than the source")
+STATUS_MEANING_DRIFT = _status(_record, "meaning_drift",
+                               "the paraphrase's cosine to its source is below min_similarity (methods/meaning.py)")
+STATUS_TOO_SIMILAR = _status(_record, "too_similar",
+                             "the paraphrase differs from its source but scores above max_similarity (barely new)")
+STATUS_OTHER_LANGUAGE = _status(_record, "other_language",
+                                "every segment was in another language than the source's (passed through)")
 STATUS_UNCHANGED = _status(_record, "unchanged", "the round trip gave back the source")
 
 #: name -> what it means, for every engine status.

@@ -26,6 +26,17 @@ from .options import build_options, dataclass_options
               help="Turns of a conversation (ShareGPT / messages / Alpaca with history) to paraphrase: every "
                    "turn, only the last pair's --field(s), or every user / assistant turn. A turn that fails "
                    "a check keeps its original text.")
+@click.option("--language-check/--no-language-check", default=True, show_default=True,
+              help="Detect each segment's language; segments in another language than --source-lang pass "
+                   "through untranslated (fastText lid.176, offline).")
+@click.option("--meaning-check/--no-meaning-check", default=True, show_default=True,
+              help="Compare each paraphrased sentence with its source (MiniLM embeddings): below "
+                   "--min-similarity the record is meaning_drift, above --max-similarity too_similar.")
+@click.option("--min-similarity", type=float, default=None,
+              help="Lowest cosine similarity of a paraphrased sentence to its source. [default: calibrated, "
+                   "see benchmarks/README.md]")
+@click.option("--max-similarity", type=float, default=None,
+              help="Highest cosine similarity of a changed text (above: barely reworded). [default: 0.999]")
 @click.option("--chunk-size", type=int, default=1024, show_default=True,
               help="Records translated together (memory bound; bigger = fuller batches).")
 @click.option("--allow-unverified", is_flag=True, help="Use a converted model whose verification failed.")
@@ -35,7 +46,8 @@ from .options import build_options, dataclass_options
                                             "short_max_length_ratio"))
 @user_errors
 def backtranslate(input_path, output, fmt, input_format, id_field, resume, overwrite, strict, limit,
-                  model, forward_model, backward_model, source_lang, pivots, fields, turns, chunk_size,
+                  model, forward_model, backward_model, source_lang, pivots, fields, turns, language_check,
+                  meaning_check, min_similarity, max_similarity, chunk_size,
                   allow_unverified, **flags):
     """Paraphrase INPUT's records by translating to a pivot language and back.
 
@@ -52,7 +64,8 @@ def backtranslate(input_path, output, fmt, input_format, id_field, resume, overw
     quality = build_options(QualityOptions, flags)
     options = build_options(BackTranslationOptions, {}, source_lang=source_lang,
                             pivots=tuple(pivots) or ("pt",), fields=tuple(fields) or ("instruction",),
-                            turns=turns, chunk_size=chunk_size, quality=quality)
+                            turns=turns, language_check=language_check, meaning_check=meaning_check,
+                            min_similarity=min_similarity, max_similarity=max_similarity, chunk_size=chunk_size, quality=quality)
     bt = BackTranslator(model=model, forward_model=forward_model, backward_model=backward_model,
                         options=options, batching=batching, ct2_options=ct2, allow_unverified=allow_unverified)
     summary = run_records(input_path=input_path, output=output, fmt=fmt, input_format=input_format,

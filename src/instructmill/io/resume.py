@@ -55,6 +55,12 @@ class RunPaths:
     def all(self) -> tuple[str, str, str, str]:
         return (self.output, self.discards, self.errors, self.state)
 
+    def derived(self) -> tuple[str, ...]:
+        """Files made from the run's output at its end (report, plot, dataset card): rewritten by each
+        session, deleted by ``--overwrite`` so no stale one outlives the data it described."""
+        stem = self.output[: -len(".jsonl")] if self.output.lower().endswith(".jsonl") else self.output
+        return (f"{stem}.report.json", f"{stem}.report.png", f"{stem}.README.md")
+
 
 def run_paths(output_path: str | os.PathLike[str]) -> RunPaths:
     """File names of a run writing to ``output_path``.

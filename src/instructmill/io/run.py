@@ -125,7 +125,7 @@ def _open_locked(paths: RunPaths, lock: OutputLock, *, source: str, settings: di
     settings = add_model_identities(settings)
 
     if existing and overwrite:
-        for path in existing:
+        for path in existing + [p for p in paths.derived() if os.path.exists(p)]:
             os.unlink(path)
         existing = []
     if existing and not resume:

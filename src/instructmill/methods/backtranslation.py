@@ -66,6 +66,13 @@ class BackTranslationOptions:
             A chunk also ends at :data:`CHUNK_CHARS` characters, so output is written every few
             seconds whatever the record length.
         quality: thresholds for the output checks.
+        language_check: detect each segment's language (:mod:`~instructmill.methods.language`);
+            a segment in another language than ``source_lang`` is passed through unchanged, never
+            sent through the models; a text with nothing left to translate gets ``other_language``.
+        meaning_check: compare each translated segment with its source by sentence-embedding
+            similarity (:mod:`~instructmill.methods.meaning`): below ``min_similarity`` the text is
+            ``meaning_drift``; a whole text above ``max_similarity`` is ``too_similar`` (barely
+            reworded). ``None``: the calibrated defaults of :mod:`~instructmill.methods.meaning`.
     """
 
     source_lang: str = "en"
@@ -74,6 +81,10 @@ class BackTranslationOptions:
     turns: str = "all"
     chunk_size: int = 1024
     quality: QualityOptions = field(default_factory=QualityOptions)
+    language_check: bool = True
+    meaning_check: bool = True
+    min_similarity: float | None = None
+    max_similarity: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.pivots, str) or not self.pivots:
@@ -87,6 +98,10 @@ class BackTranslationOptions:
             raise OptionError("fields", self.fields, f"choose from {', '.join(EXAMPLE_FIELDS)}")
         if self.chunk_size < 1:
             raise OptionError("chunk_size", self.chunk_size, "must be a positive integer")
+        for name in ("min_similarity", "max_similarity"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise OptionError(name, value, "a cosine similarity in [-1, 1]")
         if self.turns not in TURN_CHOICES:
             raise OptionError("turns", self.turns, f"choose from {', '.join(TURN_CHOICES)}")
 
@@ -102,6 +117,10 @@ class Paraphrase:
         pivot: pivot language; ``pivot_text``: the text in that language.
         detail: e.g. ``{"lost": [...]}``, ``{"tokens": 812, "max_input_tokens": 510}`` or, for
             ``degenerate``, ``{"hop": "pivot", "reason": "2-gram 'de la' repeated 9 times in a row ..."}``.
+        languages: segments by detected language (ISO 639-1; undetermined ones count as the source's).
+        passed_through: segments in another language, passed through untranslated, by language.
+        similarity: the length-weighted mean embedding similarity of the translated segments to their
+            sources (``None`` when not measured).
     """
 
     source: str
@@ -110,6 +129,10 @@ class Paraphrase:
     pivot: str
     pivot_text: str
     detail: dict[str, Any] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+    passed_through: dict[str, int] = field(default_factory=dict)
+    similarity: float | None = None
+    segment_texts: list[str] = field(default_factory=list, repr=False)
 
 
 #: Most characters of the paraphrased fields in one chunk: ~5,000 tokens, a few seconds of both hops
@@ -177,6 +200,7 @@ class BackTranslator:
             raise OptionError("models", sorted(models), f"no models for pivot(s) {missing}")
         self.models = models
         self.seconds = 0.0
+        self._meaning = None   # methods/meaning.py MeaningGate, loaded on first use
 
     # ----------------------------------------------------------------- texts
     def paraphrase(self, texts: Iterable[str], *, pivot: str | None = None) -> list[Paraphrase]:
@@ -204,39 +228,115 @@ class BackTranslator:
         segmenter = Segmenter(self.options.source_lang, forward.count_tokens,
                               min(forward.max_input_tokens, backward.max_input_tokens))
         docs = [segmenter.segment(text) for text in texts]
+        routes = self._routes(docs)
         flat: list[str] = []
-        for doc in docs:
+        for doc, route in zip(docs, routes):
             if not doc.too_long:  # do not spend compute on a record that fails anyway
-                flat.extend(seg.text for seg in doc.segments)
+                flat.extend(seg.text for seg, lang in zip(doc.segments, route) if lang is None)
         start = time.perf_counter()
         outputs, _ = translate_chain(flat, [forward, backward], batching=self.batching)
         self.seconds += time.perf_counter() - start
         results: list[Paraphrase] = []
         pos = 0
-        for text, doc in zip(texts, docs):
+        for text, doc, route in zip(texts, docs, routes):
             if doc.too_long:
                 results.append(Paraphrase(text, text, "input_too_long", pivot, "",
                                           {"tokens": max(doc.too_long),
                                            "max_input_tokens": segmenter.max_tokens}))
                 continue
-            n = len(doc.segments)
-            mine = outputs[pos:pos + n]
-            pos += n
-            results.append(self._finish(text, doc, mine, pivot))
+            hops: list[list[str]] = []
+            for seg, lang in zip(doc.segments, route):
+                if lang is None:
+                    hops.append(outputs[pos])
+                    pos += 1
+                else:  # another language: kept as it is (pivot and final)
+                    hops.append([seg.text, seg.text])
+            results.append(self._finish(text, doc, hops, pivot, route))
+        self._check_meaning(docs, routes, results)
         return results
 
-    def _finish(self, source: str, doc: Document, hops: list[list[str]], pivot: str) -> Paraphrase:
+    def _routes(self, docs: list[Document]) -> list[list[str | None]]:
+        """Per document, per segment: ``None`` to translate it, else the other language it is in."""
+        if not self.options.language_check:
+            return [[None] * len(doc.segments) for doc in docs]
+        from .language import default_detector, same_language
+
+        source = self.options.source_lang
+        texts = [seg.restore(seg.text)[0] for doc in docs for seg in doc.segments]
+        found = iter(d.lang for d in default_detector().detect(texts, source))
+        routes = []
+        for doc in docs:
+            langs = [next(found) for _ in doc.segments]
+            routes.append([None if lang is None or same_language(lang, source) else lang for lang in langs])
+        return routes
+
+    def _check_meaning(self, docs: list[Document], routes: list[list[str | None]],
+                       results: list[Paraphrase]) -> None:
+        """Embedding similarity of every translated segment to its source; flags the texts that drift."""
+        if not self.options.meaning_check:
+            return
+        pairs: list[tuple[int, str, str]] = []  # (result index, source segment, paraphrased segment)
+        for i, (doc, route, result) in enumerate(zip(docs, routes, results)):
+            if result.status != STATUS_OK:
+                continue
+            for j, (seg, lang) in enumerate(zip(doc.segments, route)):
+                if lang is None and j < len(result.segment_texts):
+                    source, output = seg.restore(seg.text)[0], result.segment_texts[j]
+                    if source.strip() != output.strip():
+                        pairs.append((i, source, output))
+        if not pairs:
+            return
+        if self._meaning is None:
+            from .meaning import MAX_SIMILARITY, MIN_SIMILARITY, MeaningGate
+
+            # segments are sentences: the bound calibrated for the lowest aligned sentence applies
+            low = self.options.min_similarity
+            high = self.options.max_similarity if self.options.max_similarity is not None else MAX_SIMILARITY
+            self._meaning = MeaningGate(min_similarity=MIN_SIMILARITY["sentence"] if low is None else low,
+                                        max_similarity=high, unit="text")
+        sims, statuses = self._meaning.evaluate([p[1] for p in pairs], [p[2] for p in pairs])
+        per_text: dict[int, list[tuple[float, str | None, str, str]]] = {}
+        for (i, source, output), sim, status in zip(pairs, sims, statuses):
+            per_text.setdefault(i, []).append((float(sim), status, source, output))
+        for i, items in per_text.items():
+            result = results[i]
+            weight = sum(len(src) for _, _, src, _ in items)
+            result.similarity = round(sum(sim * len(src) for sim, _, src, _ in items) / max(weight, 1), 4)
+            worst = min(items, key=lambda item: item[0])
+            drift = [item for item in items if item[1] == "meaning_drift"]
+            if drift or all(item[1] == "too_similar" for item in items):
+                result.status = "meaning_drift" if drift else "too_similar"
+                result.detail = {"similarity": round(worst[0], 4), "text_similarity": result.similarity,
+                                 "bounds": [self._meaning.min_similarity, self._meaning.max_similarity],
+                                 "source": worst[2][:300], "paraphrase": worst[3][:300]}
+
+    def _finish(self, source: str, doc: Document, hops: list[list[str]], pivot: str,
+                route: list[str | None]) -> Paraphrase:
         final, lost = doc.render([h[-1] for h in hops])
         pivot_text, _ = doc.render([h[0] for h in hops])
+        languages: dict[str, int] = {}
+        passed: dict[str, int] = {}
+        for lang in route:
+            languages[lang or self.options.source_lang] = languages.get(lang or self.options.source_lang, 0) + 1
+            if lang is not None:
+                passed[lang] = passed.get(lang, 0) + 1
+
+        def result(text: str, status: str, detail: dict[str, Any] | None = None) -> Paraphrase:
+            out = Paraphrase(source, text, status, pivot, pivot_text, detail or {}, languages, passed)
+            out.segment_texts = [seg.restore(h[-1].strip())[0] for seg, h in zip(doc.segments, hops)]
+            return out
+
         if lost:
-            return Paraphrase(source, final, "placeholder_lost", pivot, pivot_text, {"lost": lost})
+            return result(final, "placeholder_lost", {"lost": lost})
         if not doc.segments:  # nothing translatable: passed through unchanged
-            return Paraphrase(source, final, STATUS_OK, pivot, pivot_text)
+            return result(final, STATUS_OK)
+        if all(lang is not None for lang in route):  # all in other languages: nothing was paraphrased
+            return result(final, "other_language", {"languages": passed})
         issue = check_structure(source, final)
         if issue is not None:  # a protected span / shape changed, or a number was added
-            return Paraphrase(source, final, issue.status, pivot, pivot_text, issue.detail())
+            return result(final, issue.status, issue.detail())
         status, detail = check_round_trip(source, pivot_text, final, self.options.quality)
-        return Paraphrase(source, final, status or STATUS_OK, pivot, pivot_text, detail)
+        return result(final, status or STATUS_OK, detail)
 
     # --------------------------------------------------------------- records
     def settings(self) -> dict[str, Any]:
@@ -388,6 +488,20 @@ class BackTranslator:
         }
         if per_turn:
             extra["turns_paraphrased"] = paraphrased
+        languages: dict[str, int] = {}
+        passed: dict[str, int] = {}
+        for r in results:
+            for lang, n in r.languages.items():
+                languages[lang] = languages.get(lang, 0) + n
+            for lang, n in r.passed_through.items():
+                passed[lang] = passed.get(lang, 0) + n
+        if languages:
+            extra["language"] = max(languages, key=lambda k: languages[k])
+        if passed:
+            extra["passed_through_languages"] = passed
+        sims = [r.similarity for r in results if r.similarity is not None]
+        if sims:
+            extra["similarity"] = min(sims)
         if detail:
             extra["detail"] = detail
         return OutputRecord(rid, new, status, self.method, settings, extra)

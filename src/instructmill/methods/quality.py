@@ -13,6 +13,9 @@ the order a record reports them when several apply:
   Machine Translation", and "hallucination" detectors since). Both hops are checked, so a
   pivot that looped and was then shortened again by the backward model is caught too;
 * ``length_mismatch``: the output is far shorter or longer than the source (characters);
+* ``meaning_drift`` / ``too_similar``: see :mod:`~instructmill.methods.meaning` (checked by
+  :class:`~instructmill.methods.backtranslation.BackTranslator` on the texts that passed the rest);
+* ``other_language``: every segment was in another language than the source's (passed through);
 * ``unchanged``: the round trip gave back the source (nothing paraphrased).
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from ..errors import OptionError
 
 STATUS_ORDER = ("input_too_long", "placeholder_lost", "structure_changed", "number_added", "empty_output",
-                "degenerate", "length_mismatch", "unchanged")
+                "degenerate", "meaning_drift", "length_mismatch", "other_language", "too_similar", "unchanged")
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 #: Tokens that make up table rules and cells (``| o | o | o |``): a repeated unit holding one is
@@ -249,19 +252,23 @@ def check_paraphrase(source: str, output: str, options: QualityOptions | None = 
     return check_round_trip(source, None, output, options)[0]
 
 
+#: Statuses that only mean "not reworded enough": a record reports one only when every checked
+#: field has one (the least reworded first), since one reworded field makes the record new data.
+SOFT_STATUSES = ("unchanged", "too_similar")
+
+
 def worst_status(statuses: list[str | None]) -> str | None:
     """The status a record reports for several fields: the first in :data:`STATUS_ORDER`.
 
-    ``unchanged`` is reported only when *every* checked field is unchanged: a record whose
-    instruction was paraphrased but whose short output came back identical is still new data.
+    ``unchanged`` / ``too_similar`` are reported only when *every* checked field has one of them:
+    a record whose instruction was paraphrased but whose short output came back identical is
+    still new data.
     """
     present = [s for s in statuses if s]
+    hard = [s for s in present if s not in SOFT_STATUSES]
     for status in STATUS_ORDER:
-        if status == "unchanged":
-            if present and all(s == "unchanged" for s in statuses if s is not None) \
-                    and len(present) == len(statuses):
-                return "unchanged"
-            continue
-        if status in present:
+        if status in hard:
             return status
+    if present and len(present) == len(statuses):
+        return "unchanged" if "unchanged" in present and all(s == "unchanged" for s in present) else "too_similar"
     return None

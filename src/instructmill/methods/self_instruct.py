@@ -62,7 +62,7 @@ from ..status import (STATUS_BAD_START, STATUS_BLACKLISTED, STATUS_EMPTY, STATUS
 from .llm_parsing import ParsedTask, ParseResult, is_no_input, parse_tasks, unwrap_fence
 from .structured import tasks_schema, use_structured
 from .prompts import render
-from .rouge import RougeFilter
+from .rouge import RougeFilter, rouge_l_tokens, tokenize
 from .seeding import stable_seed as _stable_seed
 from .tally import Tally
 
@@ -382,6 +382,8 @@ class SelfInstruct:
             raise OptionError("num_instructions", num_instructions, "must be a positive integer")
         opts = self.options
         pool = RougeFilter(opts.rouge_threshold, [ex.instruction for ex in seeds])
+        # kept instructions' closest seed, for the report's histogram (the paper's Fig. 3)
+        self._seed_tokens = [tokenize(ex.instruction) for ex in seeds]
         machine: list[str] = []
         done_ids: set[str] = set()
         start_round, ok, yield_ok, yield_prompts = self._restore(done, pool, machine, done_ids)
@@ -529,6 +531,9 @@ class SelfInstruct:
             return
         pool.add(task.instruction)
         machine.append(task.instruction)
+        tokens = tokenize(task.instruction)
+        cand.extra["rouge_l_to_seeds"] = round(max((rouge_l_tokens(tokens, seed) for seed in self._seed_tokens),
+                                                   default=0.0), 4)
         self.summary.add("kept", 1)
 
     def _instances(self, r: int, todo: list[_Candidate]) -> None:

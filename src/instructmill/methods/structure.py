@@ -80,6 +80,7 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^(?:await\s+)?[A-Za-z_$](?:[\w.$]|\\_)*\([^\n]*\)\s*;?$",
     r"^-+>\s*\d+\s|^\d{1,4}\s+[A-Za-z_](?:[\w.$]|\\_)*\s*(?:=|\()",  # traceback source lines
     r"^\"[^\"\n]+\"\s*:\s*\S",                                # a JSON member: "key": value
+    r'\{\s*"[^"\n]+"\s*:\s*["\d\[{tfn-]',                       # a JSON object inside a line (log lines)
     r"^<[A-Za-z][\w.-]*(?:\s[^\n]*)?$(?<![^>\s])|^</?[A-Za-z][^\n]*[{=][^\n]*>$",  # markup with code
     r"^(?:</?[A-Za-z][^<>\n]*>\s*)+$",                        # a line of tags only
     r'^Traceback \(most recent call last\)|^File "[^"\n]+", line \d+|^[A-Z]\w*(?:Error|Exception):\s',

