@@ -17,9 +17,13 @@ For each library (model) it prints, per length bucket (< 40, 40-120, > 120 chara
 * ``en->pass``: English rows passed through (missed paraphrases), ``foreign->en``: other
   languages sent through the English model (mangled output), ``und->pass``: rows without a
   language passed through (harmless either way);
-* speed: segments/s of the detector over the whole set (best of ``--repeats``), and load time.
+* speed: segments/s of the detector over the whole set (best of ``--repeats``), and load time;
+* ``fasttext + field language as context``: where ``--context-data`` holds the source files, the
+  same decisions with the language of each row's whole field (ShareGPT turn, seed-task field) passed
+  as ``context`` (undetermined segments of a foreign field pass through).
 
-``--grid`` also rates every model at its own best setting (same rule), and prints the fastText decision errors over ``min_letters`` x ``threshold``, the setting
+``--grid`` also rates every model at its own best setting (same rule), and prints the fastText
+decision errors over ``min_letters`` x ``threshold``, the setting
 with the fewest English passes among those that send at most 10% of the other-language rows
 through the English model (``--max-foreign-en``), and that rule fitted on the even rows and checked
 on the odd rows. Example::
@@ -114,13 +118,17 @@ def decision_errors(rows: list[dict], translate: list[bool], source: str = "en")
 
 
 def evaluate(name: str, predict: Predict, rows: list[dict], repeats: int,
-             detector: LanguageDetector | None = None) -> dict:
+             detector: LanguageDetector | None = None, contexts: list[str | None] | None = None) -> dict:
     """Raw and decision accuracy per bucket, error rates, speed for one model (decisions by
-    ``detector``, default: a :class:`LanguageDetector` at its defaults over ``predict``)."""
+    ``detector``, default: a :class:`LanguageDetector` at its defaults over ``predict``; with
+    ``contexts``, each row's decision gets its field's language as ``context``)."""
     texts = [row["text"] for row in rows]
     detector = detector or LanguageDetector(predict=predict)
     raw = [ranked[0][0] if ranked else None for ranked in predict(texts)]
-    translate = detector.translatable(texts, "en")
+    if contexts is None:
+        translate = detector.translatable(texts, "en")
+    else:
+        translate = [detector.translatable([text], "en", context)[0] for text, context in zip(texts, contexts)]
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -155,6 +163,32 @@ def cached(predict: Predict) -> Predict:
         return [memo[t] for t in texts]
 
     return run
+
+
+def field_languages(rows: list[dict], data_dir: Path, detector: LanguageDetector) -> list[str | None]:
+    """Language of the whole field (ShareGPT turn, seed-task field) each row was cut from, by ``detector``.
+
+    Needs ``sharegpt_sample.jsonl.gz`` and ``seed_tasks.jsonl`` in ``data_dir``; rows from lines
+    (``sharegpt:<id>:line``) get None.
+    """
+    import gzip
+
+    with gzip.open(data_dir / "sharegpt_sample.jsonl.gz", "rt", encoding="utf-8") as handle:
+        turns = {r["id"]: [t["value"] for t in r["conversations"]] for r in map(json.loads, handle)}
+    with (data_dir / "seed_tasks.jsonl").open(encoding="utf-8") as handle:
+        seeds = {r["id"]: r for r in map(json.loads, handle)}
+    fields: list[str | None] = []
+    for row in rows:
+        kind, rid, where = row["source"].split(":")[:3]
+        if kind == "sharegpt":
+            fields.append(None if where == "line" else turns[rid][int(where.removeprefix("turn"))])
+        elif where == "instruction":
+            fields.append(seeds[rid]["instruction"])
+        else:
+            index, key = where.removeprefix("instances").split(".")
+            fields.append(seeds[rid]["instances"][int(index)][key])
+    return [None if f is None else lang for f, lang in zip(fields, detector.languages(
+        [f or "" for f in fields], "en"))]
 
 
 def grid(rows: list[dict], predict: Predict, max_foreign_en: float = 0.10, verbose: bool = True) -> tuple[int, float]:
@@ -220,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true", help="also print the fastText calibration grid")
     parser.add_argument("--max-foreign-en", type=float, default=0.10,
                         help="calibration bound on the share of other-language rows sent to the English model")
+    parser.add_argument("--context-data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                        help="folder with sharegpt_sample.jsonl.gz and seed_tasks.jsonl: adds a fastText row where "
+                             "undetermined segments follow their field's language (skipped when missing)")
     parser.add_argument("--errors", action="store_true", help="print each model's wrong decisions")
     args = parser.parse_args(argv)
     rows = load_rows(args.data)
@@ -253,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                predict=predict))
             own["load_s"] = load
             results.append(own)
+        if name == "fasttext" and (args.context_data / "sharegpt_sample.jsonl.gz").is_file():
+            contexts = field_languages(rows, args.context_data, LanguageDetector(predict=predict))
+            with_context = evaluate("fasttext + field language as context", predict, rows, 1, contexts=contexts)
+            with_context["load_s"] = load
+            results.append(with_context)
     columns = ([f"raw {b}" for b in BUCKETS] + [f"decision {b}" for b in BUCKETS]
                + ["en_pass", "foreign_en", "und_pass"])
     print("\n| model | " + " | ".join(columns) + " | seg/s (decision) | seg/s (raw model) | load s |")

