@@ -229,7 +229,7 @@ def test_evolver_llm_equality_judge_eliminates():
 
 @pytest.fixture
 def fake_backend(monkeypatch):
-    import instructmill.engine.llm_backends as backends
+    import instructmill.models.llm_backends as backends
 
     def load_llm(backend, model, options, **kwargs):
         return FakeLLM(lambda p, s: (humpback_rule if "Below is" in p else evol_rule)(p, s), options=options)

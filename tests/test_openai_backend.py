@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from instructmill.engine.llm import LLMEngineOptions, SamplingOptions
-from instructmill.engine.llm_backends import load_llm
+from instructmill.models.llm_backends import load_llm
 from instructmill.engine.openai_backend import AdaptiveLimit, OpenAIServerError
 from instructmill.errors import OptionError
 

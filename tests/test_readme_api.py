@@ -111,7 +111,7 @@ def test_import_turns_engine_telemetry_off_unless_the_user_chose():
 def test_top_level_exports():
     import instructmill
     from instructmill.engine.llm import LLMEngineOptions, SamplingOptions
-    from instructmill.engine.llm_backends import load_llm
+    from instructmill.models.llm_backends import load_llm
     from instructmill.pipeline import Pipeline
     from instructmill.pipeline.ray_plan import RayOptions
 

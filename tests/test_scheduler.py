@@ -11,11 +11,9 @@ from hypothesis import strategies as st
 from instructmill.engine.scheduler import (
     Batcher,
     BatchingOptions,
-    OrderedResults,
     WorkItem,
     make_batches,
     padded_cost,
-    run_in_order,
 )
 from instructmill.errors import OptionError
 
@@ -58,30 +56,14 @@ def test_buffer_stays_bounded(lengths, options):
     assert peak <= options.sort_window + options.max_batch_size
 
 
-@given(lengths=lengths_st, options=options_st, seed=st.integers(0, 1000))
+@given(lengths=lengths_st, options=options_st)
 @settings(max_examples=100, deadline=None)
-def test_order_restored_by_index_with_duplicate_payloads(lengths, options, seed):
-    # Many identical payloads: order must come from the index, never from the text.
+def test_items_keep_their_index_and_payload_with_duplicate_payloads(lengths, options):
+    # Many identical payloads: callers restore order from the index, never from the text.
     texts = [f"t{n % 3}" for n in lengths]
-    items = [WorkItem(i, n, (i, text)) for i, (n, text) in enumerate(zip(lengths, texts))]
-    rng = random.Random(seed)
-
-    def engine(payloads):
-        return [f"{i}:{text}" for i, text in payloads]
-
-    out = list(run_in_order(items, engine, options))
-    assert [i for i, _ in out] == list(range(len(lengths)))
-    assert [r for _, r in out] == [f"{i}:{t}" for i, t in enumerate(texts)]
-
-    # Completion in a random order is also restored.
-    ordered = OrderedResults()
-    indices = list(range(len(lengths)))
-    rng.shuffle(indices)
-    got = []
-    for i in indices:
-        ordered.add(i, texts[i])
-        got.extend(ordered.pop_ready())
-    assert got == list(enumerate(texts))
+    items = [WorkItem(i, n, text) for i, (n, text) in enumerate(zip(lengths, texts))]
+    pairs = sorted((item.index, item.payload) for batch in make_batches(items, options) for item in batch)
+    assert pairs == list(enumerate(texts))
 
 
 def test_sorting_reduces_padding():
@@ -98,9 +80,7 @@ def test_tiny_budget_puts_long_item_alone_and_keeps_mapping():
     items = [WorkItem(i, n, i) for i, n in enumerate(lengths)]
     batches = list(make_batches(items, BatchingOptions(max_batch_size=4, max_batch_tokens=12, sort_window=4)))
     assert [[it.index for it in b] for b in batches] == [[0, 2], [1]]
-    out = list(run_in_order(items, lambda ps: [p * 10 for p in ps],
-                            BatchingOptions(max_batch_size=4, max_batch_tokens=12, sort_window=4)))
-    assert out == [(0, 0), (1, 10), (2, 20)]
+    assert [[it.payload for it in b] for b in batches] == [[0, 2], [1]]
 
 
 def test_streaming_releases_batches_before_input_ends():
@@ -115,20 +95,6 @@ def test_streaming_releases_batches_before_input_ends():
     stream = make_batches(endless(), options)
     first = [next(stream) for _ in range(3)]
     assert all(len(b) == 4 for b in first)
-
-
-def test_duplicate_result_raises():
-    ordered = OrderedResults()
-    ordered.add(0, "a")
-    list(ordered.pop_ready())
-    with pytest.raises(ValueError, match="index 0"):
-        ordered.add(0, "b")
-
-
-def test_engine_returning_wrong_count_raises():
-    items = [WorkItem(i, 3, i) for i in range(3)]
-    with pytest.raises(ValueError, match="2 results for a batch of 3"):
-        list(run_in_order(items, lambda ps: ps[:2]))
 
 
 @pytest.mark.parametrize("kwargs,name", [

@@ -319,7 +319,7 @@ def fake_backend(monkeypatch):
         created.append((backend, model, options))
         return llm
 
-    import instructmill.engine.llm_backends as backends
+    import instructmill.models.llm_backends as backends
     monkeypatch.setattr(backends, "load_llm", load_llm)
     return created
 

@@ -214,7 +214,7 @@ def test_llm_close_stops_the_thread_fails_queued_requests_and_closes_backend():
     service.close()
     first.join(5)
     second.join(5)
-    assert not service._thread.is_alive()
+    assert not service._loop.is_alive()
     assert results["first"][0].text == rule("running", None)  # the running batch finished
     assert isinstance(results["second"], ServiceClosedError)
     assert engine.batches == [["running"]]
@@ -376,7 +376,7 @@ def test_translation_close_stops_workers_and_fails_held_items():
         time.sleep(0.005)
     service.close()
     thread.join(5)
-    assert all(not w.is_alive() for w in service._workers)
+    assert all(not w.is_alive() for w in service._pool.workers)
     assert isinstance(out[0], ServiceClosedError)
     assert engine.calls == [["first"]]  # the held item never reached the engine
     assert closed == [True]

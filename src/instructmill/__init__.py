@@ -13,7 +13,7 @@ The Python API (everything the CLI does), importable from the top level::
   :class:`~instructmill.engine.scheduler.BatchingOptions` and
   :class:`~instructmill.engine.ctranslate2_backend.CTranslate2Options`;
 * LLM generation: :class:`~instructmill.llm_api.LLM` (vLLM-shaped ``generate`` / ``chat``) and
-  :func:`~instructmill.engine.llm_backends.load_llm` (vLLM, CTranslate2, transformers or any
+  :func:`~instructmill.models.llm_backends.load_llm` (vLLM, CTranslate2, transformers or any
   OpenAI-compatible server; plugins through ``register_llm_backend``) with :class:`~instructmill.engine.llm.LLMEngineOptions` and
   :class:`~instructmill.engine.llm.SamplingOptions`; the methods
   :class:`~instructmill.methods.self_instruct.SelfInstruct`,
@@ -65,8 +65,8 @@ _LAZY = {
     # LLM generation
     "LLM": "instructmill.llm_api",
     "SamplingParams": "instructmill.llm_api",
-    "load_llm": "instructmill.engine.llm_backends",
-    "register_llm_backend": "instructmill.engine.llm_backends",
+    "load_llm": "instructmill.models.llm_backends",
+    "register_llm_backend": "instructmill.models.llm_backends",
     "LLMEngineOptions": "instructmill.engine.llm",
     "SamplingOptions": "instructmill.engine.llm",
     "SelfInstruct": "instructmill.methods.self_instruct",

@@ -6,6 +6,8 @@ carry the record's location so the user can find it.
 """
 from __future__ import annotations
 
+from .status import STATUS_EMPTY_RECORD, STATUS_INVALID_RECORD
+
 
 class InstructmillError(Exception):
     """Base class for errors that a user can act on (bad input, bad options)."""
@@ -32,7 +34,7 @@ class RecordError(InstructmillError):
             name their own, e.g. ``"empty_record"``).
     """
 
-    status = "invalid_record"
+    status = STATUS_INVALID_RECORD
 
     def __init__(self, message: str, *, record: str | None = None, line: int | None = None,
                  field: str | None = None, source: str | None = None):
@@ -58,7 +60,7 @@ class EmptyRecordError(RecordError):
     """A record holds no text at all (e.g. a conversation with no turns, or only blank ones):
     nothing is wrong with its shape, there is just nothing to work on."""
 
-    status = "empty_record"
+    status = STATUS_EMPTY_RECORD
 
 
 class TemplateError(RecordError):

@@ -66,7 +66,7 @@ class LLM:
 
     def __init__(self, model: str | None = None, *, backend: str = "auto", allow_unverified: bool = False,
                  **engine_options: Any):
-        from .engine.llm_backends import load_llm
+        from .models.llm_backends import load_llm
 
         self.options = LLMEngineOptions(**engine_options)
         self.engine = load_llm(backend, model, self.options, allow_unverified=allow_unverified)

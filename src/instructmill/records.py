@@ -15,7 +15,7 @@ from typing import Any
 EXAMPLE_FIELDS = ("instruction", "input", "output")
 
 #: Status of a record that went through a method without problems.
-STATUS_OK = "ok"
+from .status import STATUS_OK  # noqa: E402,F401 - one vocabulary: instructmill.status
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from ..engine.llm import LLMEngineOptions, SamplingOptions
-from ..engine.llm_backends import backend_names
+from ..models.llm_backends import backend_names
 from ..errors import InstructmillError
 from ..methods.evol import EvolOptions
 from ..methods.humpback import HumpbackOptions
@@ -26,7 +26,7 @@ from .common import INPUT_FORMATS, count_lines, heartbeat_text, io_options, prin
 from ..progress import Heartbeat
 from .options import _click_type, _field_help, build_options, dataclass_options
 
-BACKEND_CHOICES = backend_names()  # the registry of engine.llm_backends
+BACKEND_CHOICES = backend_names()  # the registry of models.llm_backends
 
 
 # ------------------------------------------------------------------------------ shared flags
@@ -91,7 +91,7 @@ def llm_options(func: Callable) -> Callable:
 
 def make_llm(backend: str, model: str | None, flags: dict[str, Any], seed: int, allow_unverified: bool):
     """Build the engine options from the flags and load the backend."""
-    from ..engine import llm_backends
+    from ..models import llm_backends
 
     options = build_options(LLMEngineOptions, flags, seed=seed)
     kwargs = {"allow_unverified": True} if allow_unverified else {}

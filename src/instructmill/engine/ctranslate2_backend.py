@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -310,9 +310,6 @@ class CTranslate2Backend(TranslationBackend):
         return {**super().settings(), "compute_type": self.compute_type, "device": self.device,
                 "beam_size": self.beam_size, "inter_threads": self.inter_threads,
                 "intra_threads": self.intra_threads, "quantization": self.manifest.get("quantization")}
-
-    def options_dict(self) -> dict[str, Any]:
-        return asdict(self.options)
 
 
 class _SentencePieceTokenizer:

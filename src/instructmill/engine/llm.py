@@ -31,19 +31,20 @@ import random
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 from ..errors import OptionError
+from ..status import STATUS_EMPTY_PROMPT, STATUS_OK, STATUS_PROMPT_TOO_LONG
 from .scheduler import BatchingOptions, WorkItem, make_batches
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .request_loop import LoopListener, RequestLoop
 
 #: A prompt: plain text (sent as is, the tokenizer adds BOS), chat ``messages``
 #: (``[{"role": "user", "content": "..."}]``) rendered with the model's chat template, or token ids
 #: (``list[int]``, used as given).
 Prompt = Union[str, Sequence[dict], Sequence[int]]
 
-STATUS_OK = "ok"
-STATUS_EMPTY_PROMPT = "empty_prompt"
-STATUS_PROMPT_TOO_LONG = "prompt_too_long"
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class Sample:
     seed: int | None = None
     num_tokens: int | None = None
     prompt_tokens: int | None = None
-    status: str = "ok"
+    status: str = STATUS_OK
     detail: str | None = None
 
     @property
@@ -300,6 +301,9 @@ class LLMBackend(ABC):
     #: itself (server backends), and a prompt too long comes back as a per-request status
     tokenizes_locally: bool = True
     budget_batching: bool = False
+    #: the engine schedules requests itself between its steps (vLLM): :meth:`request_loop` feeds it
+    #: continuously instead of in gathered batches
+    continuous_batching: bool = False
 
     def __init__(self, options: LLMEngineOptions | None = None):
         self.options = options or LLMEngineOptions()
@@ -479,6 +483,40 @@ class LLMBackend(ABC):
     @abstractmethod
     def _generate(self, requests: list[Request]) -> list[Sample]:
         """Run requests (one sample each); return one :class:`Sample` per request, same order."""
+
+    def request_loop(self, *, name: str, mode: str = "auto", gather_ms: float = 5.0, label: str | None = None,
+                     listener: "LoopListener | None" = None) -> "RequestLoop":
+        """A thread that owns this engine and serves requests submitted from any thread
+        (:mod:`~instructmill.engine.request_loop`): how the engine batches work from many callers.
+
+        Args:
+            name, label, listener: see :class:`~instructmill.engine.request_loop.RequestLoop`.
+            mode: ``"auto"`` (``"engine"`` where :attr:`continuous_batching`, else ``"batch"``),
+                ``"engine"`` (the engine's continuous loop) or ``"batch"`` (gathered batches of up to
+                ``max_num_seqs`` requests through :meth:`_generate`).
+            gather_ms: batch mode: how long a short batch waits for more requests (milliseconds).
+
+        Raises:
+            OptionError: unknown ``mode``, negative ``gather_ms``, or ``mode="engine"`` for an engine
+                without a continuous loop.
+        """
+        from .request_loop import GatherLoop
+
+        if mode not in ("auto", "engine", "batch"):
+            raise OptionError("mode", mode, "must be auto, engine or batch")
+        if mode == "engine" and not self.continuous_batching:
+            raise OptionError("mode", mode, f"the engine loop needs a continuous-batching engine (vLLM), "
+                                            f"not {self.name}")
+        if gather_ms < 0:
+            raise OptionError("gather_ms", gather_ms, "must be >= 0")
+        if mode != "batch" and self.continuous_batching:
+            return self._continuous_loop(name=name, label=label, listener=listener)
+        return GatherLoop(self, name=name, label=label, listener=listener, gather_ms=gather_ms)
+
+    def _continuous_loop(self, *, name: str, label: str | None, listener: "LoopListener | None") -> "RequestLoop":
+        """The engine's own :class:`~instructmill.engine.request_loop.RequestLoop` (engines with
+        :attr:`continuous_batching` override this)."""
+        raise NotImplementedError(f"{self.name} has no continuous loop")
 
     def settings(self) -> dict[str, Any]:
         """Provenance: backend, model, engine options."""

@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from ..errors import InstructmillError, OptionError
+from ..status import STATUS_PROMPT_TOO_LONG
 from .llm import LLMBackend, LLMEngineOptions, Request, Sample, SamplingOptions
 
 __all__ = ["AdaptiveLimit", "OpenAIBackend", "OpenAIServerError"]
@@ -223,7 +224,7 @@ class OpenAIBackend(LLMBackend):
                     last = f"HTTP {response.status_code}: {message}"
                     wait = _retry_after(response)
                 elif response.status_code in (400, 413, 422) and any(h in message.lower() for h in _TOO_LONG_HINTS):
-                    return Sample("", [], "stop", status="prompt_too_long", detail=message[:500])
+                    return Sample("", [], "stop", status=STATUS_PROMPT_TOO_LONG, detail=message[:500])
                 else:
                     raise OpenAIServerError(f"the server at {self.base_url} refused a request with HTTP "
                                             f"{response.status_code}: {message[:300]}")

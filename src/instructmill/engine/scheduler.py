@@ -16,7 +16,8 @@ What it guarantees (see ``tests/test_scheduler.py``):
   longer than the budget, which travels alone rather than being dropped;
 * items are sorted by length only inside a bounded window of ``sort_window``
   items, so memory stays bounded for inputs of any size;
-* input order is restored by index (:class:`OrderedResults`), never by text.
+* every item keeps its ``index``, so callers put results back in input order by index, never by
+  text (duplicate texts are common in this work).
 
 Sorting by length before batching is what CTranslate2 itself does inside one
 ``translate_batch`` call (``rebatch_input`` in ``src/batch_reader.cc``) and what
@@ -25,14 +26,12 @@ wasted work in a padded batch of sentences of mixed lengths.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from ..errors import OptionError
 
 P = TypeVar("P")
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -175,58 +174,6 @@ def make_batches(items: Iterable[WorkItem[P]], options: BatchingOptions | None =
         while (batch := batcher.ready()) is not None:
             yield batch
     yield from batcher.flush()
-
-
-class OrderedResults(Generic[R]):
-    """Re-orders results that complete out of order, by index.
-
-    ``add(index, result)`` in any order; ``pop_ready()`` yields ``(index, result)``
-    for the contiguous run starting at the next expected index. Indices must be
-    ``start, start+1, ...`` with no gaps; a repeated index raises ``ValueError``
-    (a doubled result is a bug, never silently overwritten).
-    """
-
-    def __init__(self, start: int = 0):
-        self._next = start
-        self._heap: list[tuple[int, R]] = []
-        self._seen: set[int] = set()
-
-    def add(self, index: int, result: R) -> None:
-        if index < self._next or index in self._seen:
-            raise ValueError(f"result for index {index} was added twice")
-        self._seen.add(index)
-        heapq.heappush(self._heap, (index, result))  # type: ignore[misc]
-
-    def pop_ready(self) -> Iterator[tuple[int, R]]:
-        while self._heap and self._heap[0][0] == self._next:
-            index, result = heapq.heappop(self._heap)
-            self._seen.discard(index)
-            self._next += 1
-            yield index, result
-
-    @property
-    def pending(self) -> int:
-        """Results held back waiting for an earlier index."""
-        return len(self._heap)
-
-
-def run_in_order(items: Iterable[WorkItem[P]], run_batch: Callable[[list[P]], list[R]],
-                 options: BatchingOptions | None = None) -> Iterator[tuple[int, R]]:
-    """Batch ``items``, run each batch synchronously, yield ``(index, result)`` in index order.
-
-    Indices must be ``0..n-1``. ``run_batch`` gets the payloads of one batch and must
-    return one result per payload, in the same order (else ``ValueError``).
-    """
-    ordered: OrderedResults[R] = OrderedResults()
-    for batch in make_batches(items, options):
-        results = run_batch([item.payload for item in batch])
-        if len(results) != len(batch):
-            raise ValueError(f"engine returned {len(results)} results for a batch of {len(batch)}")
-        for item, result in zip(batch, results):
-            ordered.add(item.index, result)
-        yield from ordered.pop_ready()
-    if ordered.pending:
-        raise ValueError(f"{ordered.pending} results never became contiguous (indices must be 0..n-1)")
 
 
 T = TypeVar("T")

@@ -3,7 +3,10 @@
 All requests of a chunk go to one ``LLM.generate`` call as token-id prompts
 (``TokensPrompt``) with one ``SamplingParams`` each, so vLLM's scheduler sees the whole
 chunk at once and keeps its batch full (continuous batching); results come back in request
-order. The engine core runs in a spawned process; it is started without re-importing the user's
+order. Callers on several threads (the pipeline's shared services) go through
+:class:`VLLMEngineLoop` instead (:meth:`~instructmill.engine.llm.LLMBackend.request_loop`): one
+thread runs vLLM's ``add_request`` / ``step`` loop and new requests join the running batch between
+steps. The engine core runs in a spawned process; it is started without re-importing the user's
 main module (:func:`_main_module_hidden`), so a plain script needs no ``if __name__ == "__main__":``
 guard.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import os
 import sys
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 from ..errors import InstructmillError
 from .logfile import console_to_log, engine_log_path, reroute_library_loggers
 from .llm import LLMBackend, LLMEngineOptions, Request, Sample, SamplingOptions, context_length
+from .request_loop import LoopListener, RequestLoop, fail_future
 
 _OOM_HINTS = ("out of memory", "memory", "kv cache", "insufficient", "allocate")
 
@@ -124,6 +129,7 @@ class VLLMBackend(LLMBackend):
 
     name = "vllm"
     supports_json_schema = True
+    continuous_batching = True
 
     def __init__(self, model: str, options: LLMEngineOptions | None = None):
         super().__init__(options)
@@ -198,15 +204,18 @@ class VLLMBackend(LLMBackend):
             # the engine core process printed its traceback (to the log file when there is one)
             raise InstructmillError(f"the vLLM engine core process died{_see_log(' (its traceback is in {})')}; "
                                     "what was written before is kept") from exc
-        samples = []
-        for out in outputs:
-            completion = out.outputs[0]
-            ids = list(completion.token_ids)
-            if ids and completion.finish_reason == "stop" and ids[-1] in self.eos_ids:
-                ids.pop()
-            samples.append(Sample(completion.text, ids,
-                                  "length" if completion.finish_reason == "length" else "stop"))
-        return samples
+        return [self._sample(out.outputs[0]) for out in outputs]
+
+    def _sample(self, completion: Any) -> Sample:
+        """Our :class:`Sample` of one vLLM ``CompletionOutput`` (the EOS token dropped, as the other
+        backends do)."""
+        ids = list(completion.token_ids)
+        if ids and completion.finish_reason == "stop" and ids[-1] in self.eos_ids:
+            ids.pop()
+        return Sample(completion.text, ids, "length" if completion.finish_reason == "length" else "stop")
+
+    def _continuous_loop(self, *, name: str, label: str | None, listener: LoopListener | None) -> RequestLoop:
+        return VLLMEngineLoop(self, name=name, label=label, listener=listener)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "dtype": self.dtype, "max_num_seqs": self.options.max_num_seqs}
@@ -219,3 +228,79 @@ class VLLMBackend(LLMBackend):
             except Exception:  # noqa: BLE001 - best effort at teardown
                 pass
             self.llm = None
+
+
+class VLLMEngineLoop(RequestLoop):
+    """vLLM's continuous batching fed from many threads: one thread owns the ``vllm.LLM``'s
+    ``LLMEngine`` and runs its ``add_request`` / ``step`` loop, the loop that ``LLM.generate``
+    runs internally (``vllm/entrypoints/common/offline.py: _run_engine``).
+
+    New requests are taken from the queue between steps, so vLLM's scheduler refills its running
+    batch continuously (continuous batching, Yu et al., OSDI 2022, "Orca"; Kwon et al., SOSP 2023,
+    "vLLM") with whatever any caller has ready: the engine never waits for one caller's small
+    batch while another has work. A request vLLM refuses fails only its caller; closing aborts the
+    requests running in the engine (they fail with
+    :class:`~instructmill.engine.request_loop.EngineClosedError`), and the engine stays usable.
+    Samples are built as :meth:`VLLMBackend._generate` builds them.
+    """
+
+    mode = "engine"
+    backend: VLLMBackend
+
+    def _run(self) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.backend.llm.llm_engine
+        active: dict[str, Any] = {}  # vLLM request id -> LoopItem
+        ids = itertools.count()
+        reason: BaseException | None = None
+        try:
+            while True:
+                items, stop = self._take(block=not active)  # block only while the engine is idle
+                if stop:
+                    self._fail_items(items, None)
+                    return
+                for item in items:
+                    request_id = f"im{next(ids)}"
+                    # FINAL_ONLY (as LLM.generate sets it): only finished requests come out of step()
+                    params = sampling_params(item.request.params, output_kind=RequestOutputKind.FINAL_ONLY)
+                    try:
+                        engine.add_request(request_id, self._prompt(item.request.prompt_ids), params)
+                    except Exception as exc:  # noqa: BLE001 - one bad request fails only its caller
+                        if fail_future(item.future, exc):
+                            self.listener.complete(item.tag, 1, None, failed=True)
+                        continue
+                    active[request_id] = item
+                    self.listener.start(1, batch=False)
+                    self.listener.prompt(len(item.request.prompt_ids))
+                if not active:
+                    continue
+                self.listener.step()
+                for out in engine.step():
+                    item = active.pop(out.request_id, None) if getattr(out, "finished", False) else None
+                    if item is None:
+                        continue
+                    sample = self.backend._sample(out.outputs[0])
+                    self.listener.stop(1, sample.output_tokens)
+                    self._resolve(item, sample)
+        except BaseException as exc:
+            reason = exc
+            raise
+        finally:
+            if active:
+                try:
+                    engine.abort_request(list(active))
+                except Exception:  # noqa: BLE001 - best effort while shutting down
+                    pass
+                self.listener.stop(len(active), 0)
+                self._fail_items(list(active.values()), reason if isinstance(reason, Exception) else None)
+                active.clear()
+
+    def _prompt(self, prompt_ids: list[int]) -> Any:
+        """A token-id prompt rendered the way ``LLM.generate`` renders it (vLLM's
+        ``LLM._preprocess_cmpl_one``, where this vLLM has it; the raw ``TokensPrompt`` otherwise)."""
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        render = getattr(self.backend.llm, "_preprocess_cmpl_one", None)
+        return render(prompt) if render is not None else prompt

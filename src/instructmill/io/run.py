@@ -42,7 +42,8 @@ from instructmill.io.resume import (
 )
 from instructmill.io.writers import WRITE_FORMATS, JsonlWriter, format_record
 from instructmill.figures import QualityFigures
-from instructmill.records import STATUS_OK, OutputRecord
+from instructmill.records import OutputRecord
+from instructmill.status import STATUS_OK
 
 __all__ = ["Run", "open_run"]
 

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Iterator
 
 from ..arguments import input_records
 from ..engine.scheduler import budget_windows
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import STATUS_OK
 
 __all__ = ["RecordMethod", "WINDOW_TOKENS"]
 
@@ -87,14 +88,15 @@ class RecordMethod:
         raise NotImplementedError
 
     def _example(self, record: InputRecord) -> Example | OutputRecord:
-        """The record's example, or (when its shape has none) its ``invalid_record`` output record."""
+        """The record's example, or (when its shape has none) its output record with the error's
+        status (``invalid_record``, ``empty_record``: :class:`~instructmill.errors.RecordError`)."""
         from ..errors import RecordError
         from ..io.readers import to_example
 
         try:
             return to_example(record)
         except RecordError as exc:
-            return self._record(record.id, Example(instruction=""), "invalid_record", {"error": str(exc)})
+            return self._record(record.id, Example(instruction=""), exc.status, {"error": str(exc)})
 
     def _record(self, rid: str, example: Example, status: str, extra: dict[str, Any]) -> OutputRecord:
         """One output record with the method's provenance, counted in the summary."""

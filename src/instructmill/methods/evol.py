@@ -38,9 +38,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
-from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
+from ..engine.llm import LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import (STATUS_EVOL_BAD_RESPONSE, STATUS_EVOL_COPIED_PROMPT, STATUS_EVOL_EMPTY,
+                      STATUS_EVOL_NO_GAIN, STATUS_EVOL_TOO_HARD, STATUS_OK,
+                      record_status)
 from .llm_parsing import strip_label
 from .base import RecordMethod
 from .prompts import load_yaml, render
@@ -148,24 +151,24 @@ def eliminate(original: str, evolved: str, response: str | None, options: EvolOp
         judge_says_equal: rule 1's LLM verdict when ``equality_check="llm"``.
     """
     if not evolved.strip():
-        return "evol_empty", "the rewrite is empty"
+        return STATUS_EVOL_EMPTY, "the rewrite is empty"
     copied = COPIED_PROMPT_RE.search(evolved)
     if copied:
-        return "evol_copied_prompt", f"copies {copied.group(0)!r} from the evolving prompt"
+        return STATUS_EVOL_COPIED_PROMPT, f"copies {copied.group(0)!r} from the evolving prompt"
     if " ".join(evolved.split()).casefold() == " ".join(original.split()).casefold():
-        return "evol_no_gain", "the rewrite is the original"
+        return STATUS_EVOL_NO_GAIN, "the rewrite is the original"
     if options.equality_check == "llm" and judge_says_equal:
-        return "evol_no_gain", "the judge found the rewrite equal to the original"
+        return STATUS_EVOL_NO_GAIN, "the judge found the rewrite equal to the original"
     if options.equality_check == "rouge":
         score = rouge_l(original, evolved)
         if score >= options.equal_rouge_threshold:
-            return "evol_no_gain", f"ROUGE-L {score:.3f} >= {options.equal_rouge_threshold} with the original"
+            return STATUS_EVOL_NO_GAIN, f"ROUGE-L {score:.3f} >= {options.equal_rouge_threshold} with the original"
     if response is not None:
         words = _words(response)
         if "sorry" in response.lower() and len(response.split()) < options.sorry_max_words:
-            return "evol_too_hard", f"the response says sorry in {len(response.split())} words"
+            return STATUS_EVOL_TOO_HARD, f"the response says sorry in {len(response.split())} words"
         if all(w in STOP_WORDS for w in words):
-            return "evol_bad_response", "the response is only punctuation and stop words"
+            return STATUS_EVOL_BAD_RESPONSE, "the response is only punctuation and stop words"
     return None
 
 
@@ -242,7 +245,7 @@ class Evolver(RecordMethod):
                     raise RecordError("empty instruction", record=record.id, line=record.line, field="instruction")
                 current[i] = text
             except RecordError as exc:
-                out[i] = [OutputRecord(rid, Example(instruction=""), "invalid_record", self.method,
+                out[i] = [OutputRecord(rid, Example(instruction=""), exc.status, self.method,
                                        self.record_settings(), {"error": str(exc)})
                           for rid in self.output_ids(record.id)]
         for t in range(1, opts.rounds + 1):
@@ -256,8 +259,8 @@ class Evolver(RecordMethod):
                 s = state[i] = {"op": ops[i], "raw": result.text, "status": STATUS_OK, "extra": {}}
                 self.summary.add("attempts", 1)
                 self.summary.add_to("operations", ops[i])
-                if result.status != LLM_OK:
-                    s.update(status=result.status, detail=result.detail, evolved="")
+                if result.status != STATUS_OK:
+                    s.update(status=record_status(result.status), detail=result.detail, evolved="")
                     continue
                 s["extra"]["evolution_seed"] = result.samples[0].seed
                 evolved, stripped = strip_label(result.text)
@@ -272,15 +275,15 @@ class Evolver(RecordMethod):
                 params = [replace(opts.judge, seed=None if opts.judge.greedy else
                                   _seed(opts.seed, "judge", chunk[i].id, t)) for i in ok]
                 for i, result in zip(ok, self._generate(prompts, params)):
-                    verdicts[i] = judge_equal(result.text) if result.status == LLM_OK else None
+                    verdicts[i] = judge_equal(result.text) if result.status == STATUS_OK else None
                     state[i]["extra"]["judge"] = result.text.strip()
             responses: dict[int, str | None] = {i: None for i in live}
             if opts.respond and ok:
                 prompts = [[{"role": "user", "content": state[i]["evolved"]}] for i in ok]
                 params = [replace(opts.response, seed=_seed(opts.seed, "respond", chunk[i].id, t)) for i in ok]
                 for i, result in zip(ok, self._generate(prompts, params)):
-                    if result.status != LLM_OK:
-                        state[i].update(status=result.status, detail=result.detail)
+                    if result.status != STATUS_OK:
+                        state[i].update(status=record_status(result.status), detail=result.detail)
                         continue
                     responses[i] = result.samples[0].text.strip()
                     state[i]["extra"]["response_seed"] = result.samples[0].seed

@@ -33,9 +33,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
-from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
+from ..engine.llm import LLMBackend, SamplingOptions
 from ..errors import OptionError, RecordError
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import (STATUS_EMPTY_INSTRUCTION, STATUS_EMPTY_TEXT, STATUS_LOW_SCORE,
+                      STATUS_OK, STATUS_SCORE_PARSE_ERROR, record_status)
 from .base import RecordMethod
 from .llm_parsing import extract_json, parse_score, strip_label
 from .prompts import render
@@ -220,7 +222,7 @@ class Humpback(RecordMethod):
             try:
                 text = self.text_of(record).strip()
             except RecordError as exc:
-                state.update(status="invalid_record", text="")
+                state.update(status=exc.status, text="")
                 state["extra"]["error"] = str(exc)
                 states.append(state)
                 continue
@@ -229,7 +231,7 @@ class Humpback(RecordMethod):
                 text = text[:opts.max_text_chars]
             state["text"] = text
             if not text:
-                state["status"] = "empty_text"
+                state["status"] = STATUS_EMPTY_TEXT
             states.append(state)
 
         todo = [s for s in states if s["status"] == STATUS_OK]
@@ -242,8 +244,8 @@ class Humpback(RecordMethod):
         params = [replace(opts.generation, seed=_seed(opts.seed, "instruction", s["record"].id), stop=stop)
                   for s in todo]
         for state, result in zip(todo, self.llm.generate(prompts, params)):
-            if result.status != LLM_OK:
-                state["status"], state["extra"]["detail"] = result.status, result.detail
+            if result.status != STATUS_OK:
+                state["status"], state["extra"]["detail"] = record_status(result.status), result.detail
                 continue
             sample = result.samples[0]
             self.summary.add("output_tokens", sample.output_tokens)
@@ -251,7 +253,7 @@ class Humpback(RecordMethod):
             state["raw_instruction"] = sample.text
             state["instruction"] = clean_instruction(sample.text)
             if not state["instruction"]:
-                state["status"] = "empty_instruction"
+                state["status"] = STATUS_EMPTY_INSTRUCTION
 
         todo = [s for s in states if s["status"] == STATUS_OK]
         if opts.curate and todo:
@@ -273,8 +275,8 @@ class Humpback(RecordMethod):
             params = [replace(opts.curation, stop=stop, json_schema=schema, seed=None if opts.curation.greedy else
                               _seed(opts.seed, "score", s["record"].id)) for s in todo]
             for state, result in zip(todo, self.llm.generate(prompts, params)):
-                if result.status != LLM_OK:
-                    state["status"], state["extra"]["detail"] = result.status, result.detail
+                if result.status != STATUS_OK:
+                    state["status"], state["extra"]["detail"] = record_status(result.status), result.detail
                     continue
                 judge = result.samples[0].text
                 self.summary.add("output_tokens", result.samples[0].output_tokens)
@@ -283,11 +285,11 @@ class Humpback(RecordMethod):
                 self.summary.add("parse_ok", int(score is not None))
                 state["extra"].update(score=score, judge=judge.strip())
                 if score is None:
-                    state["status"] = "score_parse_error"
+                    state["status"] = STATUS_SCORE_PARSE_ERROR
                     continue
                 self.summary.add_to("scores", score)
                 if score < opts.threshold:
-                    state["status"] = "low_score"
+                    state["status"] = STATUS_LOW_SCORE
                     state["extra"]["detail"] = f"score {score} < threshold {opts.threshold}"
         self.summary.add("seconds", time.perf_counter() - started)
         for state in states:

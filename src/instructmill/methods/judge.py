@@ -20,9 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
-from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
+from ..engine.llm import LLMBackend, SamplingOptions
 from ..errors import OptionError
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import STATUS_EMPTY_OUTPUT, STATUS_LOW_SCORE, STATUS_OK, STATUS_SCORE_PARSE_ERROR, record_status
 from .base import RecordMethod
 from .llm_parsing import extract_json, parse_score
 from .prompts import render
@@ -143,7 +144,7 @@ class Judge(RecordMethod):
                 out[i] = example
                 continue
             if not example.output.strip():
-                out[i] = self._record(record.id, example, "empty_output", {"detail": "no answer to judge"})
+                out[i] = self._record(record.id, example, STATUS_EMPTY_OUTPUT, {"detail": "no answer to judge"})
                 continue
             todo.append((i, example))
         schema = SCORE_SCHEMA if self.structured else None
@@ -152,8 +153,8 @@ class Judge(RecordMethod):
         results = self.llm.generate([self.prompt(ex) for _, ex in todo], params) if todo else []
         for (i, example), result in zip(todo, results):
             rid = chunk[i].id
-            if result.status != LLM_OK:
-                out[i] = self._record(rid, example, result.status, {"detail": result.detail})
+            if result.status != STATUS_OK:
+                out[i] = self._record(rid, example, record_status(result.status), {"detail": result.detail})
                 continue
             sample = result.samples[0]
             self.summary.add("output_tokens", sample.output_tokens)
@@ -163,10 +164,10 @@ class Judge(RecordMethod):
             verdict = {"score": score, "reason": reason, "rubric": self.options.rubric
                        if self.options.rubric in BUILTIN_RUBRICS else "custom"}
             if score is None:
-                out[i] = self._record(rid, example, "score_parse_error", {"judge": verdict, "raw": sample.text})
+                out[i] = self._record(rid, example, STATUS_SCORE_PARSE_ERROR, {"judge": verdict, "raw": sample.text})
                 continue
             self.summary.add_to("scores", score)
-            status = STATUS_OK if score >= self.options.threshold else "low_score"
+            status = STATUS_OK if score >= self.options.threshold else STATUS_LOW_SCORE
             extra: dict[str, Any] = {"judge": verdict}
             if status != STATUS_OK:
                 extra["detail"] = f"score {score} < threshold {self.options.threshold}"

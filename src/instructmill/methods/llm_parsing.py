@@ -34,8 +34,8 @@ from typing import Any
 __all__ = ["PARSE_ERROR", "ParseResult", "ParsedTask", "extract_json", "is_no_input",
            "parse_score", "parse_tasks", "strip_label", "unwrap_fence"]
 
-STATUS_OK = "ok"
-PARSE_ERROR = "parse_error"
+from ..status import STATUS_OK, STATUS_PARSE_ERROR as PARSE_ERROR
+
 STYLES = ("auto", "alpaca", "list", "json")
 
 

@@ -38,16 +38,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InstructmillError, OptionError
+from ..status import STATUS_MEANING_DRIFT, STATUS_TOO_SIMILAR
 
 __all__ = ["MAX_TOKENS", "UNITS", "MIN_SIMILARITY", "MAX_SIMILARITY", "STATUS_MEANING_DRIFT", "STATUS_TOO_SIMILAR",
            "MeaningGate", "SentenceEncoder", "embed", "embedded_minilm_dir", "encoder", "similarities"]
 
 #: Longest input to all-MiniLM-L6-v2, in word pieces (sentence-transformers' ``max_seq_length``).
 MAX_TOKENS = 256
-#: Status of a paraphrase whose cosine to its source is below ``min_similarity``.
-STATUS_MEANING_DRIFT = "meaning_drift"
-#: Status of a paraphrase that differs from its source but scores above ``max_similarity``.
-STATUS_TOO_SIMILAR = "too_similar"
 #: Default low bound (cosine) of :class:`MeaningGate` per unit of comparison (:data:`UNITS`); see
 #: ``benchmarks/README.md`` "Meaning gate". ``sentence`` (what back-translation uses, per translated
 #: sentence): 0.94, the bound at which what the gate keeps is at least 4 in 5 real paraphrases in

@@ -27,9 +27,11 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
-from ..engine.llm import STATUS_OK as LLM_OK, LLMBackend, SamplingOptions
+from ..engine.llm import LLMBackend, SamplingOptions
 from ..errors import OptionError
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import (STATUS_EMPTY_INSTRUCTION, STATUS_EMPTY_OUTPUT, STATUS_OK, STATUS_OUTPUT_TRUNCATED,
+                      record_status)
 from .base import RecordMethod
 from .tally import Tally
 
@@ -128,7 +130,7 @@ class Responder(RecordMethod):
                 out[i] = self._record(record.id, example, STATUS_OK, {"skipped": "the record has an output"})
                 continue
             if not example.instruction.strip():
-                out[i] = self._record(record.id, example, "empty_instruction",
+                out[i] = self._record(record.id, example, STATUS_EMPTY_INSTRUCTION,
                                       {"detail": "the record has no instruction to answer"})
                 continue
             todo.append((i, example))
@@ -138,8 +140,8 @@ class Responder(RecordMethod):
         results = self.llm.generate(prompts, params) if todo else []
         for (i, example), result in zip(todo, results):
             rid = chunk[i].id
-            if result.status != LLM_OK:
-                out[i] = self._record(rid, example, result.status, {"detail": result.detail})
+            if result.status != STATUS_OK:
+                out[i] = self._record(rid, example, record_status(result.status), {"detail": result.detail})
                 continue
             sample = result.samples[0]
             self.summary.add("output_tokens", sample.output_tokens)
@@ -148,12 +150,12 @@ class Responder(RecordMethod):
             extra: dict[str, Any] = {"response_seed": sample.seed}
             status = STATUS_OK
             if not answer:
-                status, extra["detail"] = "empty_output", "the model wrote no output"
+                status, extra["detail"] = STATUS_EMPTY_OUTPUT, "the model wrote no output"
             elif sample.finish_reason == "length":
                 if opts.keep_truncated:
                     extra["truncated"] = True
                 else:
-                    status = "output_truncated"
+                    status = STATUS_OUTPUT_TRUNCATED
                     extra["detail"] = f"the answer hit max_tokens ({opts.sampling.max_tokens})"
             out[i] = self._record(rid, new, status, extra)
         self.summary.add("seconds", time.perf_counter() - started)

@@ -52,10 +52,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..arguments import ArgumentTypeError, items
-from ..engine.llm import STATUS_OK as LLM_OK, GenerationResult, LLMBackend, SamplingOptions
+from ..engine.llm import GenerationResult, LLMBackend, SamplingOptions
 from ..errors import OptionError
-from ..records import STATUS_OK, Example, OutputRecord
-from .llm_parsing import PARSE_ERROR, ParsedTask, ParseResult, is_no_input, parse_tasks, unwrap_fence
+from ..records import Example, OutputRecord
+from ..status import (STATUS_BAD_START, STATUS_BLACKLISTED, STATUS_EMPTY, STATUS_EMPTY_OUTPUT, STATUS_OK,
+                      STATUS_OUTPUT_TRUNCATED, STATUS_PARSE_ERROR, STATUS_PROMPT_TOO_LONG,
+                      STATUS_ROUGE_DUPLICATE, STATUS_TOO_LONG, STATUS_TOO_SHORT, STATUS_TRUNCATED,
+                      record_status)
+from .llm_parsing import ParsedTask, ParseResult, is_no_input, parse_tasks, unwrap_fence
 from .structured import tasks_schema, use_structured
 from .prompts import render
 from .rouge import RougeFilter, rouge_l_tokens, tokenize
@@ -71,7 +75,7 @@ BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file"
 PROMPT_STYLES = ("self_instruct", "alpaca")
 INSTANCE_STYLES = ("direct", "input_first", "none")
 #: Statuses of records whose instruction passed the filters (it stays in the ROUGE pool).
-INSTANCE_STATUSES = ("empty_output", "output_truncated", "prompt_too_long")
+INSTANCE_STATUSES = (STATUS_EMPTY_OUTPUT, STATUS_OUTPUT_TRUNCATED, STATUS_PROMPT_TOO_LONG)
 
 
 @dataclass(frozen=True)
@@ -195,22 +199,22 @@ def check_instruction(instruction: str, options: SelfInstructOptions) -> tuple[s
     """
     text = instruction.strip()
     if not text:
-        return "empty", "no instruction text"
+        return STATUS_EMPTY, "no instruction text"
     words = len(text.split())
     if words < options.min_words:
-        return "too_short", f"{words} words < min_words {options.min_words}"
+        return STATUS_TOO_SHORT, f"{words} words < min_words {options.min_words}"
     if words > options.max_words:
-        return "too_long", f"{words} words > max_words {options.max_words}"
+        return STATUS_TOO_LONG, f"{words} words > max_words {options.max_words}"
     if options.blacklist:
         m = _blacklist_re(options.blacklist).search(text)
         if m:
-            return "blacklisted", f"keyword {m.group(0).lower()!r}"
+            return STATUS_BLACKLISTED, f"keyword {m.group(0).lower()!r}"
     if options.reject_write_a_program and text.lower().startswith("write a program"):
-        return "blacklisted", "starts with 'Write a program'"
+        return STATUS_BLACKLISTED, "starts with 'Write a program'"
     if text[0] in string.punctuation:
-        return "bad_start", f"starts with punctuation {text[0]!r}"
+        return STATUS_BAD_START, f"starts with punctuation {text[0]!r}"
     if options.ascii_start and not text[0].isascii():
-        return "bad_start", f"starts with a non-ASCII character {text[0]!r}"
+        return STATUS_BAD_START, f"starts with a non-ASCII character {text[0]!r}"
     return None
 
 
@@ -481,9 +485,9 @@ class SelfInstruct:
     def _parse_result(self, r: int, p: int, result: GenerationResult, lead: str,
                       params: SamplingOptions) -> list[_Candidate]:
         style = "list" if self.options.prompt_style == "self_instruct" else "alpaca"
-        if result.status != LLM_OK:
+        if result.status != STATUS_OK:
             return [_Candidate(f"si-{r}-{p}-{s}", r, p, s, None, None if params.greedy else params.seed + s, "",
-                               status=result.status, detail=result.detail) for s in range(params.n)]
+                               status=record_status(result.status), detail=result.detail) for s in range(params.n)]
         out: list[_Candidate] = []
         for s, sample in enumerate(result.samples):
             self.summary.add("samples", 1)
@@ -494,7 +498,7 @@ class SelfInstruct:
             self.summary.add("parse_ok", int(parsed.status == STATUS_OK))
             if parsed.status != STATUS_OK:
                 out.append(_Candidate(f"si-{r}-{p}-{s}", **base, item=None, raw=sample.text,
-                                      status=PARSE_ERROR, detail=parsed.detail or "nothing readable",
+                                      status=STATUS_PARSE_ERROR, detail=parsed.detail or "nothing readable",
                                       extra={"finish_reason": sample.finish_reason}))
                 continue
             last = len(parsed.items) - 1
@@ -506,7 +510,7 @@ class SelfInstruct:
                 if task.status != STATUS_OK:
                     cand.status, cand.detail = task.status, task.detail
                 elif i == last and sample.finish_reason == "length":
-                    cand.status, cand.detail = "truncated", "the sample hit max_tokens inside this item"
+                    cand.status, cand.detail = STATUS_TRUNCATED, "the sample hit max_tokens inside this item"
                 out.append(cand)
         return out
 
@@ -521,7 +525,7 @@ class SelfInstruct:
             return
         match = pool.check(task.instruction)
         if match is not None:
-            cand.status = "rouge_duplicate"
+            cand.status = STATUS_ROUGE_DUPLICATE
             cand.detail = f"ROUGE-L {match.score:.3f} >= {self.options.rouge_threshold} with a pool instruction"
             cand.extra.update(matched=match.text, rouge_l=round(match.score, 4))
             return
@@ -543,7 +547,7 @@ class SelfInstruct:
             params = [replace(opts.instance_sampling, seed=_stable_seed(opts.seed, "input", c.id),
                               stop=("\nTask:", "\n\n") + opts.instance_sampling.stop) for c in inputs]
             for cand, result in zip(inputs, self.llm.generate(prompts, params)):
-                text = result.text.strip() if result.status == LLM_OK else ""
+                text = result.text.strip() if result.status == STATUS_OK else ""
                 cand.task.input = "" if is_no_input(text) else text
                 self.summary.add("output_tokens", sum(s.output_tokens for s in result.samples))
         system = [{"role": "system", "content": opts.instance_system}] if opts.instance_system else []
@@ -551,17 +555,17 @@ class SelfInstruct:
                    for c in need]
         params = [replace(opts.instance_sampling, seed=_stable_seed(opts.seed, "output", c.id)) for c in need]
         for cand, result in zip(need, self.llm.generate(prompts, params)):
-            if result.status != LLM_OK:
-                cand.status, cand.detail = result.status, result.detail
+            if result.status != STATUS_OK:
+                cand.status, cand.detail = record_status(result.status), result.detail
                 continue
             sample = result.samples[0]
             self.summary.add("output_tokens", sample.output_tokens)
             cand.task.output = sample.text.strip()
             cand.extra["output_seed"] = sample.seed
             if not cand.task.output:
-                cand.status, cand.detail = "empty_output", "the model wrote no output"
+                cand.status, cand.detail = STATUS_EMPTY_OUTPUT, "the model wrote no output"
             elif sample.finish_reason == "length" and not opts.keep_truncated_outputs:
-                cand.status = "output_truncated"
+                cand.status = STATUS_OUTPUT_TRUNCATED
                 cand.detail = f"output hit max_tokens ({opts.instance_sampling.max_tokens})"
 
     def _input_prompt(self, instruction: str) -> str:

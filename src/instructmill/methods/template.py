@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Status of an output record whose row could not be rendered (see :meth:`TemplateFiller.fill`).
-STATUS_TEMPLATE_ERROR = "template_error"
+from ..status import STATUS_TEMPLATE_ERROR  # noqa: E402 - re-exported
 
 #: Keys a YAML/JSON template file may hold.
 TEMPLATE_KEYS = ("instruction", "input", "output", "description", "variables")

@@ -38,13 +38,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import OptionError
 from ..methods.meaning import encoder
-from ..records import EXAMPLE_FIELDS, STATUS_OK, OutputRecord
+from ..records import EXAMPLE_FIELDS, OutputRecord
+from ..status import STATUS_DUPLICATE, STATUS_OK
 
 __all__ = ["DedupOptions", "Deduplicator", "Match", "normalize", "tokens", "shingles",
            "STATUS_DUPLICATE"]
-
-#: Status given to a record that repeats an earlier one.
-STATUS_DUPLICATE = "duplicate"
 
 # Scripts written without spaces between words: one token per character.
 _CHAR_RANGES = ("\u0e00-\u0eff"  # Thai, Lao

@@ -104,7 +104,7 @@ class EngineRegistry:
     def _load_llm(self, spec: EngineSpec) -> Any:
         if spec.backend == "python":
             return _factory(spec)(model=spec.model, options=spec.options, **spec.params)
-        from ..engine.llm_backends import load_llm
+        from ..models.llm_backends import load_llm
 
         kwargs = {"allow_unverified": True} if spec.allow_unverified else {}
         log.info("loading LLM engine %s (%s, %s)", spec.name, spec.backend, spec.model or "embedded")

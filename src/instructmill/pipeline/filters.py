@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import OptionError
-from ..records import EXAMPLE_FIELDS, STATUS_OK, OutputRecord
+from ..records import EXAMPLE_FIELDS, OutputRecord
+from ..status import (STATUS_BLACKLISTED, STATUS_OK, STATUS_REGEX_REJECTED, STATUS_REGEX_REQUIRED, STATUS_TOO_LONG,
+                      STATUS_TOO_SHORT)
 
 __all__ = ["FilterOptions", "RecordFilter"]
 
@@ -111,23 +113,23 @@ class RecordFilter:
         for name, low in self.options.min_words.items():
             n = len(ex.get(name).split())
             if n < low:
-                return "too_short", name, f"{n} words < min_words.{name} {low}"
+                return STATUS_TOO_SHORT, name, f"{n} words < min_words.{name} {low}"
         for name, high in self.options.max_words.items():
             n = len(ex.get(name).split())
             if n > high:
-                return "too_long", name, f"{n} words > max_words.{name} {high}"
+                return STATUS_TOO_LONG, name, f"{n} words > max_words.{name} {high}"
         if self._blacklist is not None:
             for name in self.options.blacklist_fields:
                 m = self._blacklist.search(ex.get(name))
                 if m:
-                    return "blacklisted", name, f"keyword {m.group(0).lower()!r}"
+                    return STATUS_BLACKLISTED, name, f"keyword {m.group(0).lower()!r}"
         for name, pattern in self._require.items():
             if not pattern.search(ex.get(name)):
-                return "regex_required", name, f"no match for {pattern.pattern!r}"
+                return STATUS_REGEX_REQUIRED, name, f"no match for {pattern.pattern!r}"
         for name, pattern in self._reject.items():
             m = pattern.search(ex.get(name))
             if m:
-                return "regex_rejected", name, f"matches {pattern.pattern!r} ({m.group(0)[:40]!r})"
+                return STATUS_REGEX_REJECTED, name, f"matches {pattern.pattern!r} ({m.group(0)[:40]!r})"
         return None
 
     def apply(self, record: OutputRecord) -> OutputRecord:

@@ -22,7 +22,8 @@ import warnings
 from typing import Any, Callable, Iterator
 
 from ..errors import InstructmillError, ResumeError
-from ..records import STATUS_OK, Example, OutputRecord
+from ..records import Example, OutputRecord
+from ..status import STATUS_OK
 from .checkpoint import CheckpointFile, StateDir, decode_record, encode_line
 from .ray_actors import (BATCH_KEY, GeneratorWorker, StageFailed, StageOp, column_name, decode_items, encode_items,
                          process_rows, run_task_op, stage_label, stats_column)
@@ -190,7 +191,7 @@ class RunContext:
     def __init__(self, spec: PipelineSpec, options: RayOptions, engines: dict[str, Any] | None,
                  service_factory: Any, ray: Any, state: StateDir, resumed: bool,
                  on_batch: Callable[[dict[str, Any]], None] | None):
-        from .runtime import NodeStats
+        from .nodes import NodeStats
 
         self.spec = spec
         self.options = options
@@ -336,7 +337,7 @@ class RunContext:
     def _source_blocks(self, root: RootPlan, done: int) -> tuple[list[Any], int]:
         """Read a source with the local runtime's ``SourceNode`` (same ids, errors file, invalid
         rows), straight into blocks (and the seeds of the Self-Instruct stages that read it)."""
-        from .runtime import SourceNode
+        from .nodes import SourceNode
 
         spec = self.spec
         seeds: list[Item] | None = None

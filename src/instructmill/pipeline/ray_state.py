@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import ResumeError
 from ..io.resume import read_state, repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, dumps_line, format_record
-from ..records import STATUS_OK, OutputRecord
+from ..status import STATUS_OK
 from .checkpoint import CheckpointFile
 from .spec import PipelineSpec, SinkSpec
 from .stages import Item
@@ -137,10 +137,7 @@ class SinkWriter:
         ok_lines, bad_lines = [], []
         for items in rows:
             for item in items:
-                rec = item.record
-                if item.error is not None and rec.method == "source":
-                    rec = OutputRecord(rec.id, rec.example, "invalid_record", "source", rec.settings,
-                                       {"error": item.error})
+                rec = item.sink_record()
                 self.stats.records_in += 1
                 self.written[rec.status] += 1
                 (ok_lines if rec.status == STATUS_OK else bad_lines).append(format_record(rec, self.spec.format))

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..engine.llm_backends import backend_names
+from ..models.llm_backends import backend_names
 from ..errors import OptionError
 from .specfile import (Doc, PipelineSpecError, build, check_keys, did_you_mean, load_toml, load_yaml, set_path,
                        typed, what)
@@ -52,7 +52,7 @@ TEST_BACKENDS_ENV = "INSTRUCTMILL_ALLOW_TEST_BACKENDS"
 
 TOP_KEYS = ("settings", "engines", "sources", "stages", "sinks")
 ENGINE_TYPES = ("llm", "translation")
-LLM_BACKENDS = tuple(backend_names())  # the registry of engine.llm_backends (plugins included)
+LLM_BACKENDS = tuple(backend_names())  # the registry of models.llm_backends (plugins included)
 TRANSLATION_BACKENDS = ("auto", "bergamot", "ctranslate2")
 SINK_FORMATS = ("alpaca", "sharegpt", "openai")
 SOURCE_FORMATS = ("jsonl", "ndjson", "json", "csv", "tsv", "parquet", "arrow")

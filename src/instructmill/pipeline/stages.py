@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from ..errors import OptionError
-from ..records import STATUS_OK, Example, InputRecord, OutputRecord
+from ..records import Example, InputRecord, OutputRecord
+from ..status import STATUS_INVALID_RECORD, STATUS_OK
 from .specfile import option_fields
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +56,15 @@ class Item:
     record: OutputRecord
     raw: InputRecord | None = None
     error: str | None = None
+
+    def sink_record(self) -> OutputRecord:
+        """The record as a sink writes it: a source row without a usable example (``error``) is an
+        ``invalid_record`` discard holding the error; any other record as it is."""
+        rec = self.record
+        if self.error is not None and rec.method == "source":
+            return OutputRecord(rec.id, rec.example, STATUS_INVALID_RECORD, "source", rec.settings,
+                                {"error": self.error})
+        return rec
 
     def as_input(self) -> InputRecord:
         """The record as a method's input: the source row, or an Alpaca-shaped row of the example."""

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import STATUS_OK
+from ..status import STATUS_OK
 from .checkpoint import decode_record, encode_line, encode_record
 from .stages import Item, MapStage
 

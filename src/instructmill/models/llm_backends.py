@@ -1,5 +1,9 @@
 """``load_llm``: an LLM backend from a backend name and a model argument, through a registry.
 
+It lives in ``models`` (model arguments -> backends), above ``engine``: the loaders resolve model
+arguments (:func:`instructmill.models.llm.resolve_llm`) and build engine backends; the engine
+never imports ``models``.
+
 Backends register a loader with :func:`register_llm_backend` (the built-ins below use the same
 hook a plugin would). Model arguments (see :func:`instructmill.models.llm.resolve_llm`): ``None`` /
 ``"embedded"`` (the bundled SmolLM2-135M-Instruct, converted once into the cache), a known model
@@ -11,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import OptionError
-from .llm import LLMBackend, LLMEngineOptions
+from ..engine.llm import LLMBackend, LLMEngineOptions
 
 __all__ = ["LLM_BACKENDS", "backend_names", "load_llm", "register_llm_backend", "vllm_available"]
 
@@ -48,16 +52,16 @@ def vllm_available() -> bool:
 
 @register_llm_backend("vllm")
 def _vllm(model: str | None, options: LLMEngineOptions, *, allow_unverified: bool = False) -> LLMBackend:
-    from ..models.llm import resolve_llm
-    from .vllm_backend import VLLMBackend
+    from .llm import resolve_llm
+    from ..engine.vllm_backend import VLLMBackend
 
     return VLLMBackend(str(resolve_llm(model, fmt="hf")), options)
 
 
 @register_llm_backend("ctranslate2")
 def _ctranslate2(model: str | None, options: LLMEngineOptions, *, allow_unverified: bool = False) -> LLMBackend:
-    from ..models.llm import resolve_llm
-    from .ct2_generator_backend import CTranslate2GeneratorBackend
+    from .llm import resolve_llm
+    from ..engine.ct2_generator_backend import CTranslate2GeneratorBackend
 
     quantization = options.compute_type if options.compute_type not in ("auto", "default") else "float32"
     return CTranslate2GeneratorBackend(str(resolve_llm(model, fmt="ct2", quantization=quantization)), options,
@@ -66,15 +70,15 @@ def _ctranslate2(model: str | None, options: LLMEngineOptions, *, allow_unverifi
 
 @register_llm_backend("transformers")
 def _transformers(model: str | None, options: LLMEngineOptions, *, allow_unverified: bool = False) -> LLMBackend:
-    from ..models.llm import resolve_llm
-    from .transformers_llm_backend import TransformersLLMBackend
+    from .llm import resolve_llm
+    from ..engine.transformers_llm_backend import TransformersLLMBackend
 
     return TransformersLLMBackend(str(resolve_llm(model, fmt="hf")), options)
 
 
 @register_llm_backend("openai")
 def _openai(model: str | None, options: LLMEngineOptions, *, allow_unverified: bool = False) -> LLMBackend:
-    from .openai_backend import OpenAIBackend
+    from ..engine.openai_backend import OpenAIBackend
 
     return OpenAIBackend(model, options)
 
