@@ -318,3 +318,20 @@ def test_the_example_pipeline_on_the_real_embedded_models(embedded_llm, tmp_path
     assert (tmp_path / "out/si_bt.jsonl").read_bytes() == first
     assert again["sinks"]["si_bt"]["already_written"] == len(out) + len(bad)
     assert again["stages"]["answer"]["replayed_out"] == report["stages"]["answer"]["records_out"]
+
+
+def test_pipeline_source_keeps_duplicate_ids_and_empty_conversations_get_their_status(tmp_path):
+    rows = [{"id": "a", "conversations": [{"from": "human", "value": "Name a tree."}, {"from": "gpt", "value": "Oak."}]},
+            {"id": "a", "conversations": [{"from": "gpt", "value": "Split mid-chat."},
+                                          {"from": "human", "value": "Go on."}]},
+            {"id": "e", "conversations": []}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = {"sources": {"rows": {"path": "rows.jsonl"}}, "stages": [{"method": "filter", "min_words": {}}],
+            "sinks": [{"path": "out/data.jsonl", "format": "sharegpt"}]}
+    report = Pipeline(data, base_dir=tmp_path).run(progress=False)
+    kept = lines(tmp_path / "out/data.jsonl")
+    assert [r["id"] for r in kept] == ["a", "a#L2"]
+    assert [t["from"] for t in kept[1]["conversations"]] == ["gpt", "human"]  # the leading turn is kept
+    [empty] = lines(tmp_path / "out/data.discards.jsonl")
+    assert (empty["id"], empty["status"]) == ("e", "empty_record")
+    assert report["sources"]["rows"]["duplicate_ids"] == 1

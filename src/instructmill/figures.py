@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Any
 
 from .records import STATUS_OK, OutputRecord
+from .status import STATUS_NUMBER_ADDED, STATUS_PLACEHOLDER_LOST, STATUS_STRUCTURE_CHANGED
 
 __all__ = ["QualityFigures", "draw_quality", "figures_from_files", "plot_quality", "quality_panels"]
 
@@ -34,7 +35,7 @@ ROUGE_BINS = 10
 #: Characters of text kept in a discard example.
 EXAMPLE_CHARS = 240
 #: Statuses whose detail names protected spans.
-SPAN_STATUSES = ("structure_changed", "placeholder_lost", "number_added")
+SPAN_STATUSES = (STATUS_STRUCTURE_CHANGED, STATUS_PLACEHOLDER_LOST, STATUS_NUMBER_ADDED)
 
 
 def _bin(value: float, bins: int) -> int:
@@ -124,7 +125,7 @@ class QualityFigures:
                 continue
             detail = details.get(name) if name is not None else details
             changes = detail.get("structure") if isinstance(detail, dict) else None
-            if status == "structure_changed" and isinstance(changes, list) and changes:
+            if status == STATUS_STRUCTURE_CHANGED and isinstance(changes, list) and changes:
                 self.span_failures.update(str(c.get("kind")) for c in changes if isinstance(c, dict))
             else:
                 self.span_failures[status] += 1

@@ -102,6 +102,9 @@ def generate(pipeline: str, resume: bool, overwrite: bool, progress: bool | None
         line = f"source {name}: {source['records']} records"
         if source.get("read_errors"):
             line += f", {source['read_errors']} unreadable lines -> {source['errors_file']}"
+        if source.get("duplicate_ids"):
+            line += (f"; warning: {source['duplicate_ids']} records repeat an earlier record's id, each kept "
+                     "under a derived id '<id>#L<line>'")
         lines.append(line)
     for name, stage in report["stages"].items():
         discards = stage.get("discards") or {}

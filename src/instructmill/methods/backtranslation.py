@@ -38,6 +38,8 @@ from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRec
 from .quality import QualityOptions, check_round_trip, worst_status
 from .segmentation import Document, Segmenter
 from .structure import check_structure
+from ..status import (STATUS_INPUT_TOO_LONG, STATUS_MEANING_DRIFT, STATUS_OTHER_LANGUAGE, STATUS_PLACEHOLDER_LOST,
+                      STATUS_TOO_SIMILAR, STATUS_UNCHANGED)
 
 
 #: Values of :attr:`BackTranslationOptions.turns`, and the roles each paraphrases.
@@ -245,7 +247,7 @@ class BackTranslator:
         for text, doc, route in zip(texts, docs, routes):
             hops: list[list[str]] = []
             if doc.too_long:
-                results.append(Paraphrase(text, text, "input_too_long", pivot, "",
+                results.append(Paraphrase(text, text, STATUS_INPUT_TOO_LONG, pivot, "",
                                           {"tokens": max(doc.too_long),
                                            "max_input_tokens": segmenter.max_tokens}))
                 all_hops.append(hops)
@@ -323,22 +325,22 @@ class BackTranslator:
             detail = {"similarity": round(worst[1], 4), "bounds": [self._meaning.min_similarity,
                                                                     self._meaning.max_similarity],
                       "source": worst[3][:300], "paraphrase": worst[4][:300]}
-            drifted = [item for item in items if item[2] == "meaning_drift"]
-            kept = [item for item in items if item[2] != "meaning_drift"]
+            drifted = [item for item in items if item[2] == STATUS_MEANING_DRIFT]
+            kept = [item for item in items if item[2] != STATUS_MEANING_DRIFT]
             result = results[i]
             if drifted and kept:  # the drifted sentences keep their source text; the rest stays
                 hops = [list(h) for h in all_hops[i]]
                 for j, *_ in drifted:
                     hops[j] = [docs[i].segments[j].text] * len(hops[j])
                 result = self._finish(texts[i], docs[i], hops, pivot, routes[i],
-                                      kept_source={**results[i].kept_source, "meaning_drift": len(drifted)})
+                                      kept_source={**results[i].kept_source, STATUS_MEANING_DRIFT: len(drifted)})
             weight = sum(len(item[3]) for item in kept) or 1
             result.similarity = round(sum(item[1] * len(item[3]) for item in kept) / weight, 4) if kept \
                 else round(worst[1], 4)
             if not kept:
-                result.status, result.detail = "meaning_drift", detail
-            elif all(item[2] == "too_similar" for item in kept) and result.status == STATUS_OK:
-                result.status, result.detail = "too_similar", detail
+                result.status, result.detail = STATUS_MEANING_DRIFT, detail
+            elif all(item[2] == STATUS_TOO_SIMILAR for item in kept) and result.status == STATUS_OK:
+                result.status, result.detail = STATUS_TOO_SIMILAR, detail
             results[i] = result
 
     def _finish(self, source: str, doc: Document, hops: list[list[str]], pivot: str,
@@ -350,7 +352,7 @@ class BackTranslator:
         if failed and len(failed) < len(translated):
             # a sentence that lost a protected span keeps its source text; the others stay paraphrased
             hops = [[doc.segments[i].text] * len(h) if i in failed else h for i, h in enumerate(hops)]
-            kept_source["placeholder_lost"] = kept_source.get("placeholder_lost", 0) + len(failed)
+            kept_source[STATUS_PLACEHOLDER_LOST] = kept_source.get(STATUS_PLACEHOLDER_LOST, 0) + len(failed)
         final, lost = doc.render([h[-1] for h in hops])
         pivot_text, _ = doc.render([h[0] for h in hops])
         languages: dict[str, int] = {}
@@ -367,11 +369,11 @@ class BackTranslator:
             return out
 
         if lost:
-            return result(final, "placeholder_lost", {"lost": lost})
+            return result(final, STATUS_PLACEHOLDER_LOST, {"lost": lost})
         if not doc.segments:  # nothing translatable: passed through unchanged
             return result(final, STATUS_OK)
         if all(lang is not None for lang in route):  # all in other languages: nothing was paraphrased
-            return result(final, "other_language", {"languages": passed})
+            return result(final, STATUS_OTHER_LANGUAGE, {"languages": passed})
         issue = check_structure(source, final)
         if issue is not None:  # a protected span / shape changed, or a number was added
             return result(final, issue.status, issue.detail())
@@ -517,7 +519,7 @@ class BackTranslator:
                 detail[name] = result.detail
         new.history = [(u, a) for u, a in new.history]
         if per_turn:
-            status = STATUS_OK if paraphrased else (worst_status(statuses) or "unchanged")
+            status = STATUS_OK if paraphrased else (worst_status(statuses) or STATUS_UNCHANGED)
         else:
             status = worst_status(statuses) or STATUS_OK
         extra: dict[str, Any] = {

@@ -27,9 +27,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import OptionError
+from ..status import (STATUS_DEGENERATE, STATUS_EMPTY_OUTPUT, STATUS_INPUT_TOO_LONG, STATUS_LENGTH_MISMATCH,
+                      STATUS_MEANING_DRIFT, STATUS_NUMBER_ADDED, STATUS_OTHER_LANGUAGE, STATUS_PLACEHOLDER_LOST,
+                      STATUS_STRUCTURE_CHANGED, STATUS_TOO_SIMILAR, STATUS_UNCHANGED)
 
-STATUS_ORDER = ("input_too_long", "placeholder_lost", "structure_changed", "number_added", "empty_output",
-                "degenerate", "meaning_drift", "length_mismatch", "other_language", "too_similar", "unchanged")
+STATUS_ORDER = (STATUS_INPUT_TOO_LONG, STATUS_PLACEHOLDER_LOST, STATUS_STRUCTURE_CHANGED, STATUS_NUMBER_ADDED, STATUS_EMPTY_OUTPUT,
+                STATUS_DEGENERATE, STATUS_MEANING_DRIFT, STATUS_LENGTH_MISMATCH, STATUS_OTHER_LANGUAGE, STATUS_TOO_SIMILAR, STATUS_UNCHANGED)
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 #: Tokens that make up table rules and cells (``| o | o | o |``): a repeated unit holding one is
@@ -229,20 +232,20 @@ def check_round_trip(source: str, pivot: str | None, output: str,
     if pivot is not None and pivot.strip():
         reason = degeneration(pivot, source, options)
         if reason:
-            return "degenerate", {"hop": "pivot", "reason": reason}
+            return STATUS_DEGENERATE, {"hop": "pivot", "reason": reason}
     if not output.strip():
-        return "empty_output", {}
+        return STATUS_EMPTY_OUTPUT, {}
     reason = degeneration(output, source, options)
     if reason:
-        return "degenerate", {"hop": "output", "reason": reason}
+        return STATUS_DEGENERATE, {"hop": "output", "reason": reason}
     ratio = len(output.strip()) / max(1, len(source.strip()))
     short = len(source.strip()) < options.short_source_chars
     low = options.short_min_length_ratio if short else options.min_length_ratio
     high = options.short_max_length_ratio if short else options.max_length_ratio
     if not low <= ratio <= high:
-        return "length_mismatch", {"reason": f"output/source length ratio {ratio:.2f} outside [{low}, {high}]"}
+        return STATUS_LENGTH_MISMATCH, {"reason": f"output/source length ratio {ratio:.2f} outside [{low}, {high}]"}
     if normalize_for_compare(output) == normalize_for_compare(source):
-        return "unchanged", {}
+        return STATUS_UNCHANGED, {}
     return None, {}
 
 
@@ -254,7 +257,7 @@ def check_paraphrase(source: str, output: str, options: QualityOptions | None = 
 
 #: Statuses that only mean "not reworded enough": a record reports one only when every checked
 #: field has one (the least reworded first), since one reworded field makes the record new data.
-SOFT_STATUSES = ("unchanged", "too_similar")
+SOFT_STATUSES = (STATUS_UNCHANGED, STATUS_TOO_SIMILAR)
 
 
 def worst_status(statuses: list[str | None]) -> str | None:
@@ -270,5 +273,5 @@ def worst_status(statuses: list[str | None]) -> str | None:
         if status in hard:
             return status
     if present and len(present) == len(statuses):
-        return "unchanged" if "unchanged" in present and all(s == "unchanged" for s in present) else "too_similar"
+        return STATUS_UNCHANGED if STATUS_UNCHANGED in present and all(s == STATUS_UNCHANGED for s in present) else STATUS_TOO_SIMILAR
     return None

@@ -36,8 +36,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..status import STATUS_NUMBER_ADDED, STATUS_PLACEHOLDER_LOST, STATUS_STRUCTURE_CHANGED
+
 #: Statuses this module gives (in the order a record reports them, after ``placeholder_lost``).
-STRUCTURE_STATUSES = ("structure_changed", "number_added")
+STRUCTURE_STATUSES = (STATUS_STRUCTURE_CHANGED, STATUS_NUMBER_ADDED)
 
 # ------------------------------------------------------------------ inline spans
 #: Emoji and pictographs (with variation selectors, skin tones and zero-width joiners), as ranges
@@ -428,10 +430,10 @@ def check_structure(source: str, output: str) -> StructureIssue | None:
     """
     changes = structure_changes(source, output)
     if changes:
-        return StructureIssue("structure_changed", changes)
+        return StructureIssue(STATUS_STRUCTURE_CHANGED, changes)
     lost, added = number_changes(source, output)
     if lost:
-        return StructureIssue("placeholder_lost", [{"kind": "number", "lost": lost, "added": added}])
+        return StructureIssue(STATUS_PLACEHOLDER_LOST, [{"kind": "number", "lost": lost, "added": added}])
     if added:
-        return StructureIssue("number_added", [{"kind": "number", "lost": [], "added": added}])
+        return StructureIssue(STATUS_NUMBER_ADDED, [{"kind": "number", "lost": [], "added": added}])
     return None

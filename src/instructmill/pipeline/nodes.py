@@ -22,7 +22,7 @@ from ..io.resume import repair_jsonl, run_paths
 from ..io.writers import JsonlWriter, format_record
 from ..figures import QualityFigures
 from ..records import Example, OutputRecord
-from ..status import STATUS_OK
+from ..status import STATUS_INVALID_RECORD, STATUS_OK
 from .checkpoint import CheckpointFile, decode_record, encode_line, encode_record
 from .spec import SinkSpec, SourceSpec
 from .stages import GeneratorStage, Item, MapStage
@@ -205,6 +205,7 @@ class SourceNode(Node):
         self.path = path
         self.errors_path = errors_path
         self.errors = 0
+        self.duplicates = 0  # records kept under a derived id (their id was taken by an earlier one)
         self.failure: InstructmillError | None = None
 
     def run(self) -> None:
@@ -234,11 +235,13 @@ class SourceNode(Node):
             try:
                 for raw in records:
                     try:
-                        example, error = to_example(raw), None
+                        example, error, error_status = to_example(raw), None, STATUS_INVALID_RECORD
                     except RecordError as exc:
-                        example, error = Example(instruction=""), str(exc)
+                        example, error, error_status = Example(instruction=""), str(exc), exc.status
+                    if raw.duplicate_of is not None:
+                        self.duplicates += 1
                     record = OutputRecord(raw.id, example, STATUS_OK, "source", {"source": self.name})
-                    batch.append(Item(record, raw=raw, error=error))
+                    batch.append(Item(record, raw=raw, error=error, error_status=error_status))
                     if len(batch) >= 64:
                         self.emit(batch)
                         batch = []
@@ -250,7 +253,7 @@ class SourceNode(Node):
         finally:
             if writer is not None:
                 writer.close()
-        self.stats.extra.update(path=self.spec.path, read_errors=self.errors,
+        self.stats.extra.update(path=self.spec.path, read_errors=self.errors, duplicate_ids=self.duplicates,
                                 errors_file=self.errors_path if self.errors else None)
         self.finish()
 

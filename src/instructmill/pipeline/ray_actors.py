@@ -83,6 +83,7 @@ def _encode_item(item: Item) -> dict[str, Any]:
         out["w"] = [raw.id, raw.line, raw.fields, raw.shape, raw.source]
     if item.error is not None:
         out["e"] = item.error
+        out["es"] = item.error_status
     return out
 
 
@@ -91,7 +92,10 @@ def _decode_item(data: Mapping[str, Any]) -> Item:
     if "w" in data:
         rid, line, fields, shape, source = data["w"]
         raw = InputRecord(id=rid, line=line, fields=fields, shape=shape, source=source)
-    return Item(decode_record(data["r"]), raw=raw, error=data.get("e"))
+    item = Item(decode_record(data["r"]), raw=raw, error=data.get("e"))
+    if "es" in data:
+        item.error_status = data["es"]
+    return item
 
 
 def encode_items(items: Iterable[Item]) -> str:

@@ -64,6 +64,7 @@ def build_report(spec: PipelineSpec, *, nodes: list[Any], stages: dict[str, Any]
         stats = node.stats if node is not None else None
         report["sources"][name] = {"path": source.path, "records": stats.records_out if stats else 0,
                                    "read_errors": stats.extra.get("read_errors", 0) if stats else 0,
+                                   "duplicate_ids": stats.extra.get("duplicate_ids", 0) if stats else 0,
                                    "errors_file": stats.extra.get("errors_file") if stats else None}
     for stage_spec in spec.stages:
         node = by_name.get(("stage", stage_spec.name))

@@ -49,20 +49,23 @@ class Item:
         record: the record as it is now (``status != "ok"``: it goes to the sinks' discards).
         raw: the source row, while the record is still that row (template / humpback read raw
             fields); ``None`` once a stage has rewritten the record.
-        error: why the source row has no usable example (a sink writes such a row as
-            ``invalid_record``; a template stage does not need the example).
+        error: why the source row has no usable example (a sink writes such a row with
+            ``error_status``; a template stage does not need the example).
+        error_status: the row's status when ``error`` is set: ``invalid_record``, or
+            ``empty_record`` for a conversation with no text (the reader's ``RecordError.status``).
     """
 
     record: OutputRecord
     raw: InputRecord | None = None
     error: str | None = None
+    error_status: str = STATUS_INVALID_RECORD
 
     def sink_record(self) -> OutputRecord:
         """The record as a sink writes it: a source row without a usable example (``error``) is an
-        ``invalid_record`` discard holding the error; any other record as it is."""
+        ``error_status`` discard holding the error; any other record as it is."""
         rec = self.record
         if self.error is not None and rec.method == "source":
-            return OutputRecord(rec.id, rec.example, STATUS_INVALID_RECORD, "source", rec.settings,
+            return OutputRecord(rec.id, rec.example, self.error_status, "source", rec.settings,
                                 {"error": self.error})
         return rec
 
