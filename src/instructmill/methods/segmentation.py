@@ -39,6 +39,10 @@ PROTECTED_PATTERNS = {
     "url": r"(?:https?|ftp)://[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]|www\.[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]",
     "email": r"[\w.+-]+@[\w-]+\.[\w.-]*\w",
     "placeholder": r"\{\{.*?\}\}|\$\{[^{}\n]*\}|\{[^{}\s]*\}|%\([A-Za-z_]\w*\)[sd]|%[sd]",
+    # code identifiers in prose: snake_case (also markdown-escaped "match\\_found"), camelCase, calls
+    # ("isin()", "df.head()"), shell variables ("$count"): translated, they stop naming the code
+    "identifier": r"\b[A-Za-z][A-Za-z0-9]*(?:\\?_[A-Za-z0-9]+)+\b|\b[a-z]+(?:[A-Z][a-z0-9]+)+\b"
+                  r"|\b[A-Za-z_][\w.]*\(\)|\$[A-Za-z_]\w*",
 }
 #: ... plus the spans of :data:`~instructmill.methods.structure.INLINE_PATTERNS` (HTML tags,
 #: hashtags, @mentions, ``C#``, short emphasis, emoji, inline JSON).

@@ -77,6 +77,7 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^(?:return|yield|break|continue|pass|raise|throw)\b(?:\s+[^\s].*)?;?$",
     r"^(?:public|private|protected|static|final|void|int|String|bool)\s[^\n]*[;{)]$",
     r"^(?://|/\*|\*/|<!--|-->)",                              # comments
+    r"^#!/|\[\[ .*\]\]|^(?:then|fi|do|done|esac)$|\$\{?\w+\}?\s*(?:=|-[a-z]{2}\s)",  # shell
     # assignment, call statement ("main()", "print(x)"); "\_" is markdown-escaped "_" (ShareGPT)
     r"^[A-Za-z_$](?:[\w.$]|\\_)*(?:\[[^\]]*\])?\s*(?:[-+*/%|&^]?=|:=|=>)\s*\S",
     r"^(?:await\s+)?[A-Za-z_$](?:[\w.$]|\\_)*\([^\n]*\)\s*;?$",
