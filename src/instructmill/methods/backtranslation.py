@@ -35,6 +35,7 @@ from ..engine.translation import TranslationBackend
 from ..errors import OptionError, RecordError
 from ..engine.scheduler import budget_windows
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
+from .invariants import invariant_issue
 from .quality import QualityOptions, check_round_trip, worst_status
 from .segmentation import Document, Segmenter
 from .structure import check_structure
@@ -71,10 +72,13 @@ class BackTranslationOptions:
         language_check: detect each segment's language (:mod:`~instructmill.methods.language`);
             a segment in another language than ``source_lang`` is passed through unchanged, never
             sent through the models; a text with nothing left to translate gets ``other_language``.
-        meaning_check: compare each translated segment with its source by sentence-embedding
-            similarity (:mod:`~instructmill.methods.meaning`): below ``min_similarity`` the text is
-            ``meaning_drift``; a whole text above ``max_similarity`` is ``too_similar`` (barely
-            reworded). ``None``: the calibrated defaults of :mod:`~instructmill.methods.meaning`.
+        meaning_check: compare each translated sentence with its source by sentence-embedding
+            similarity (:mod:`~instructmill.methods.meaning`) and by word-level invariants
+            (:mod:`~instructmill.methods.invariants`: negations, grammatical person, names and
+            acronyms): a sentence below ``min_similarity`` or breaking an invariant keeps its source
+            text; a text with no paraphrased sentence left is ``meaning_drift``; one whose changed
+            sentences all score above ``max_similarity`` is ``too_similar`` (barely reworded).
+            ``None``: the calibrated defaults of :mod:`~instructmill.methods.meaning`.
     """
 
     source_lang: str = "en"
@@ -318,7 +322,15 @@ class BackTranslator:
                                         max_similarity=high, unit="text")
         sims, statuses = self._meaning.evaluate([p[2] for p in pairs], [p[3] for p in pairs])
         per_text: dict[int, list[tuple[int, float, str | None, str, str]]] = {}
+        reasons: dict[tuple[int, int], str] = {}
         for (i, j, source, output), sim, status in zip(pairs, sims, statuses):
+            # the word-level invariants catch what embeddings miss: a flipped negation, a swapped person
+            broken = invariant_issue(source, output, self.options.source_lang)
+            if broken is not None:
+                status = STATUS_MEANING_DRIFT
+                reasons[(i, j)] = broken
+            elif status == STATUS_MEANING_DRIFT:
+                reasons[(i, j)] = "similarity"
             per_text.setdefault(i, []).append((j, float(sim), status, source, output))
         for i, items in per_text.items():
             worst = min(items, key=lambda item: item[1])
@@ -328,12 +340,18 @@ class BackTranslator:
             drifted = [item for item in items if item[2] == STATUS_MEANING_DRIFT]
             kept = [item for item in items if item[2] != STATUS_MEANING_DRIFT]
             result = results[i]
+            why: dict[str, int] = {}  # "meaning_drift:similarity" / ":negation" / ":person" / ":name"
+            for j, *_ in drifted:
+                key = f"{STATUS_MEANING_DRIFT}:{reasons[(i, j)]}"
+                why[key] = why.get(key, 0) + 1
+            if why:
+                detail["reasons"] = why
             if drifted and kept:  # the drifted sentences keep their source text; the rest stays
                 hops = [list(h) for h in all_hops[i]]
                 for j, *_ in drifted:
                     hops[j] = [docs[i].segments[j].text] * len(hops[j])
                 result = self._finish(texts[i], docs[i], hops, pivot, routes[i],
-                                      kept_source={**results[i].kept_source, STATUS_MEANING_DRIFT: len(drifted)})
+                                      kept_source={**results[i].kept_source, **why})
             weight = sum(len(item[3]) for item in kept) or 1
             result.similarity = round(sum(item[1] * len(item[3]) for item in kept) / weight, 4) if kept \
                 else round(worst[1], 4)

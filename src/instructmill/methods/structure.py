@@ -78,6 +78,9 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^(?:public|private|protected|static|final|void|int|String|bool)\s[^\n]*[;{)]$",
     r"^(?://|/\*|\*/|<!--|-->)",                              # comments
     r"^#!/|\[\[ .*\]\]|^(?:then|fi|do|done|esac)$|\$\{?\w+\}?\s*(?:=|-[a-z]{2}\s)",  # shell
+    r"^(?:sudo|apt(?:-get)?|yum|dnf|brew|pip3?|npm|npx|yarn|git|docker|kubectl|curl|wget|cd|ls|mkdir|rm|cp|mv"
+    r"|chmod|chown|export|echo|cat|grep|ssh|scp|tar|make|cmake|python3?|node|conda|systemctl|service)"
+    r"(?:\s+-{0,2}[\w./:@=-]+)+\s*(?:&&|\||;|\\)?.*$(?<![.!?])",                 # a shell command line
     # assignment, call statement ("main()", "print(x)"); "\_" is markdown-escaped "_" (ShareGPT)
     r"^[A-Za-z_$](?:[\w.$]|\\_)*(?:\[[^\]]*\])?\s*(?:[-+*/%|&^]?=|:=|=>)\s*\S",
     r"^(?:await\s+)?[A-Za-z_$](?:[\w.$]|\\_)*\([^\n]*\)\s*;?$",
