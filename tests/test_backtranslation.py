@@ -393,3 +393,24 @@ def test_a_sentence_that_flips_a_negation_keeps_its_source_text():
     assert calls == ["Do not open the river gate.", "Fill the kettle."]
     assert out.text == "Do not open the river gate. top up the pot."
     assert out.kept_source == {"meaning_drift:negation": 1}
+
+
+def test_a_text_with_nothing_to_translate_is_unchanged_not_ok():
+    bt = fake_translator()
+    code, prose, dash = bt.paraphrase(["```python\nprint(1)\n```", "continue explain it", "-"])
+    assert code.status == "unchanged" and code.text == code.source
+    assert prose.status == "unchanged" and bt.models["xx"][0].texts_seen == ["continue explain it"]  # translated
+    assert dash.status == "ok"  # punctuation only: nothing to paraphrase, nothing wrong
+
+
+def test_an_invalid_conversation_is_discarded_with_its_input_and_no_made_up_turn():
+    from instructmill.io.writers import format_record
+
+    bt = fake_translator()
+    turns = [{"from": "human", "value": "Write a poem."}, {"from": "human", "value": "Make it rhyme."}]
+    [out] = list(bt.process([_sharegpt("two", turns)]))
+    assert out.status == "invalid_record"
+    written = format_record(out, "sharegpt")
+    assert written["conversations"] == []
+    assert written["extra"]["input"]["conversations"] == turns
+    assert "an assistant turn was expected" in written["extra"]["error"]

@@ -275,10 +275,21 @@ def test_seed_tasks_file():
     ({"messages": [{"role": "user", "content": "hi"}]}, "openai"),
     ({"text": "a"}, "table"),
     ({"instruction": "a"}, "table"),
-    ({"conversations": "not a list"}, "table"),
+    ({"conversations": "not a list"}, "sharegpt"),  # to_example then names the field
 ])
 def test_detect_shape(fields, shape):
     assert detect_shape(fields) == shape
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"conversations": "human: hi"}, "conversations", "'conversations' is not a list of turns (got a string)"),
+    ({"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "A."}]},
+     "conversations[0].value", "is not a string or a list of text parts"),
+])
+def test_conversation_shape_errors_name_the_field(fields, field, words):
+    with pytest.raises(RecordError) as info:
+        to_example(rec(fields))
+    assert info.value.field == field and words in str(info.value)
 
 
 def rec(fields, id="r1", line=4):

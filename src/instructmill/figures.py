@@ -73,6 +73,7 @@ class QualityFigures:
         self.judge_scores: Counter[str] = Counter()
         self.humpback_scores: Counter[str] = Counter()
         self.rouge = [0] * ROUGE_BINS
+        self.turns: Counter[str] = Counter()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QualityFigures":
@@ -107,6 +108,9 @@ class QualityFigures:
             if isinstance(other, dict):
                 self.passed_through.update({str(k): int(v) for k, v in other.items() if isinstance(v, int)})
             self._spans(rec, extra)
+            if rec.status == STATUS_OK and isinstance(extra.get("field_status"), dict) \
+                    and "turns_paraphrased" in extra:
+                self.turns.update(str(v) for v in extra["field_status"].values())
             judge = extra.get("judge")
             if isinstance(judge, dict) and judge.get("score") is not None:
                 self.judge_scores[str(judge["score"])] += 1
@@ -151,6 +155,8 @@ class QualityFigures:
                                     "segments_passed_through": dict(self.passed_through.most_common())}
             if self.span_failures:
                 out["span_failures"] = dict(self.span_failures.most_common())
+            if self.turns:
+                out["turns_in_kept_conversations"] = dict(self.turns.most_common())
             if self.judge_scores:
                 out["judge_scores"] = dict(sorted(self.judge_scores.items()))
             if self.humpback_scores:
@@ -173,6 +179,14 @@ class QualityFigures:
             passed = sum(d["languages"]["segments_passed_through"].values())
             lines.append(f"languages: {langs}" + (f"; {passed} segments in other languages passed through"
                                                   if passed else ""))
+        if "turns_in_kept_conversations" in d:
+            t = d["turns_in_kept_conversations"]
+            lines.append(f"turns of kept conversations: {t.get('ok', 0)} paraphrased; kept as they were: "
+                         + (", ".join(f"{k}: {v}" for k, v in t.items() if k != "ok") or "none"))
+        for status in ("invalid_record", "empty_record"):
+            example = d["discard_examples"].get(status)
+            if example is not None:
+                lines.append(f"{status} e.g. {str(example.get('detail'))[:300]}")
         if "span_failures" in d:
             lines.append("protected-span failures: " + ", ".join(f"{k}: {v}" for k, v in d["span_failures"].items()))
         for key, label in (("judge_scores", "judge scores"), ("humpback_scores", "humpback scores")):

@@ -140,7 +140,7 @@ def print_summary(summary: dict[str, Any], extra_lines: list[str] | None = None)
     paths = run_paths(summary["output"])
     lines = [
         f"records read: {summary['read']}"
-        + (f" (+{summary['skipped_done']} already done)" if summary.get("skipped_done") else ""),
+        + (f" ({summary['skipped_done']} of them already done)" if summary.get("skipped_done") else ""),
         f"written: {summary['written_ok']} ok -> {paths.output}",
     ]
     other = {k: v for k, v in summary["by_status"].items() if k != "ok"}

@@ -322,7 +322,8 @@ def write_run_card(output_path: str | os.PathLike[str], figures: list[str] | Non
     method = settings.get("method", "instructmill")
     entry = CardEntry(os.path.basename(paths.output), paths.output, paths.discards, paths.errors,
                       state.get("format", "alpaca"))
-    made = (f"`instructmill {method}` over `{os.path.basename(str(state.get('input', '?')))}` "
+    command = {"backtranslation": "backtranslate", "self_instruct": "self-instruct", "evol": "evolve"}.get(method, method)
+    made = (f"`instructmill {command}` over `{os.path.basename(str(state.get('input', '?')))}` "
             f"(sha256 `{str(state.get('input_sha256', ''))[:16]}`), output shape `{entry.fmt}`, "
             f"{state.get('sessions', 1)} session(s), started {state.get('started', '?')}, "
             f"last written {state.get('updated', '?')}. Settings (models, decoding, options):\n\n"

@@ -36,9 +36,9 @@ def detect_shape(fields: dict[str, Any]) -> str:
         return "seed"
     if "instruction" in fields and ("input" in fields or "output" in fields):
         return "alpaca"
-    if isinstance(fields.get("conversations"), list):
-        return "sharegpt"
-    if isinstance(fields.get("messages"), list):
+    if "conversations" in fields and "instruction" not in fields:
+        return "sharegpt"  # a non-list value is reported by to_example, naming the field
+    if "messages" in fields and "instruction" not in fields:
         return "openai"
     return "table"
 
@@ -94,6 +94,8 @@ def to_example(record: InputRecord) -> Example:
                        output=text(first, "output", "instances[0].output"))
     if shape in ("sharegpt", "openai"):
         key = "conversations" if shape == "sharegpt" else "messages"
+        if not isinstance(fields[key], list):
+            raise fail(key, f"'{key}' is not a list of turns (got {_json_type(fields[key])})")
         return _conversation_example(fields[key], key, fail)
     if shape == "alpaca" or "instruction" in fields:
         return Example(instruction=text(fields, "instruction", "instruction", required=True),
@@ -137,8 +139,6 @@ def _turn_content(turn: dict[str, Any], where: str,
     value = turn[key]
     if isinstance(value, str):
         return value
-    if value is None:
-        return ""
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                        and isinstance(p.get("text"), str) for p in value):
         return "".join(p["text"] for p in value)
@@ -179,7 +179,8 @@ def _conversation_example(turns: Iterable[Any], key: str,
     for i, (role, _, where) in enumerate(dialog):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
-            raise fail(where, f"turn {where} is a {role} turn where a {expected} turn was "
+            article = "an" if expected == "assistant" else "a"
+            raise fail(where, f"turn {where} is a {role} turn where {article} {expected} turn was "
                               "expected (turns must alternate user, assistant)")
     if dialog[-1][0] == "user":
         instruction, output, earlier = dialog[-1][1], "", dialog[:-1]

@@ -35,6 +35,11 @@ def _user_text(ex: Example) -> str:
     return f"{ex.instruction}\n\n{ex.input}" if ex.input else ex.instruction
 
 
+def _empty(example: Example) -> bool:
+    return not (example.instruction or example.input or example.output or example.system or example.history
+                or example.leading_assistant)
+
+
 def _assistant_only(example: Example) -> bool:
     """A conversation that had no user turn (only ``leading_assistant``): no user turn is made up."""
     return bool(example.leading_assistant) and not (example.history or example.instruction or example.input
@@ -69,7 +74,9 @@ def example_fields(example: Example, fmt: str) -> dict[str, Any]:
     else:
         raise OptionError("format", fmt, f"expected one of {', '.join(WRITE_FORMATS)}")
     system, user, assistant = names
-    turns = []
+    turns: list[dict[str, str]] = []
+    if _empty(example):  # a record without a usable example (invalid_record): no turn is made up
+        return {key: turns}
     if example.system:
         turns.append({role: system, text: example.system})
     for answer in example.leading_assistant:

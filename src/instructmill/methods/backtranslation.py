@@ -37,7 +37,7 @@ from ..engine.scheduler import budget_windows
 from ..records import EXAMPLE_FIELDS, STATUS_OK, Example, InputRecord, OutputRecord
 from .invariants import invariant_issue
 from .quality import QualityOptions, check_round_trip, worst_status
-from .segmentation import Document, Segmenter
+from .segmentation import Document, Segmenter, has_words
 from .structure import check_structure
 from ..status import (STATUS_INPUT_TOO_LONG, STATUS_MEANING_DRIFT, STATUS_OTHER_LANGUAGE, STATUS_PLACEHOLDER_LOST,
                       STATUS_TOO_SIMILAR, STATUS_UNCHANGED)
@@ -106,8 +106,8 @@ class BackTranslationOptions:
             raise OptionError("chunk_size", self.chunk_size, "must be a positive integer")
         for name in ("min_similarity", "max_similarity"):
             value = getattr(self, name)
-            if value is not None and not -1.0 <= value <= 1.0:
-                raise OptionError(name, value, "a cosine similarity in [-1, 1]")
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise OptionError(name, value, "must be a cosine similarity in [0, 1]")
         if self.turns not in TURN_CHOICES:
             raise OptionError("turns", self.turns, f"choose from {', '.join(TURN_CHOICES)}")
 
@@ -388,8 +388,8 @@ class BackTranslator:
 
         if lost:
             return result(final, STATUS_PLACEHOLDER_LOST, {"lost": lost})
-        if not doc.segments:  # nothing translatable: passed through unchanged
-            return result(final, STATUS_OK)
+        if not doc.segments:  # nothing translatable (code, numbers, punctuation): passed through as it is
+            return result(final, STATUS_UNCHANGED if has_words(source) else STATUS_OK)
         if all(lang is not None for lang in route):  # all in other languages: nothing was paraphrased
             return result(final, STATUS_OTHER_LANGUAGE, {"languages": passed})
         issue = check_structure(source, final)
@@ -505,8 +505,8 @@ class BackTranslator:
                 rid = self.output_ids(record.id)[self.options.pivots.index(pivot)]
                 record_settings = self.record_settings(pivot)
                 if isinstance(example, RecordError):
-                    yield OutputRecord(rid, Example(instruction=""), example.status, self.method,
-                                       record_settings, {"error": str(example), "line": record.line})
+                    yield OutputRecord(rid, Example(instruction=""), example.status, self.method, record_settings,
+                                       {"error": str(example), "line": record.line, "input": record.fields})
                     continue
                 results = per_pivot[pivot][pos:pos + len(names)]
                 yield self._record(rid, record, example, [n for n, _ in names], results, record_settings,
@@ -559,7 +559,7 @@ class BackTranslator:
             extra["language"] = max(languages, key=lambda k: languages[k])
         if passed:
             extra["passed_through_languages"] = passed
-        sims = [r.similarity for r in results if r.similarity is not None]
+        sims = [r.similarity for r in results if r.similarity is not None and r.status == STATUS_OK]
         if sims:
             extra["similarity"] = min(sims)
         kept_source: dict[str, int] = {}

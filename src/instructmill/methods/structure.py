@@ -74,7 +74,8 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^import\s+[\w.*{][^\n]*(?:\sfrom\s|;$)|^import\s+[\w.]+(?:\s+as\s+\w+)?$|^from\s+[\w.]+\s+import\s",
     r"^(?:using|namespace)\s+[\w.]+\s*[;{]?$|^(?:export\s+)?(?:const|let|var)\s+[\w$\[\]{}, ]+\s*=",
     r"^(?:if|for|while|switch|catch)\s*\(|^(?:if|elif|while|for|with|except)\b.*:$|^(?:else|try|finally)\s*:$",
-    r"^(?:return|yield|break|continue|pass|raise|throw)\b(?:\s+[^\s].*)?;?$",
+    # "continue" / "pass" alone are also what users type ("continue", "continue explain it"): code only with ";"
+    r"^(?:return|yield|raise|throw)\b(?:\s+[^\s].*)?;?$|^(?:break|continue|pass)\s*;$",
     r"^(?:public|private|protected|static|final|void|int|String|bool)\s[^\n]*[;{)]$",
     r"^(?://|/\*|\*/|<!--|-->)",                              # comments
     r"^#!/|\[\[ .*\]\]|^(?:then|fi|do|done|esac)$|\$\{?\w+\}?\s*(?:=|-[a-z]{2}\s)",  # shell
@@ -86,7 +87,7 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^(?:await\s+)?[A-Za-z_$](?:[\w.$]|\\_)*\([^\n]*\)\s*;?$",
     r"^-+>\s*\d+\s|^\d{1,4}\s+[A-Za-z_](?:[\w.$]|\\_)*\s*(?:=|\()",  # traceback source lines
     r"^\"[^\"\n]+\"\s*:\s*\S",                                # a JSON member: "key": value
-    r'\{\s*"[^"\n]+"\s*:\s*["\d\[{tfn-]',                       # a JSON object inside a line (log lines)
+    r'^[^{]{0,60}\{\s*"[^"\n]+"\s*:.*\}\s*$',                     # a line ending in a JSON object (logs)
     r"^<[A-Za-z][\w.-]*(?:\s[^\n]*)?$(?<![^>\s])|^</?[A-Za-z][^\n]*[{=][^\n]*>$",  # markup with code
     r"^(?:</?[A-Za-z][^<>\n]*>\s*)+$",                        # a line of tags only
     r'^Traceback \(most recent call last\)|^File "[^"\n]+", line \d+|^[A-Z]\w*(?:Error|Exception):\s',

@@ -65,8 +65,10 @@ class Item:
         ``error_status`` discard holding the error; any other record as it is."""
         rec = self.record
         if self.error is not None and rec.method == "source":
-            return OutputRecord(rec.id, rec.example, self.error_status, "source", rec.settings,
-                                {"error": self.error})
+            extra: dict[str, Any] = {"error": self.error}
+            if self.raw is not None:
+                extra["input"] = self.raw.fields  # the row as read: the discard shows what was wrong
+            return OutputRecord(rec.id, rec.example, self.error_status, "source", rec.settings, extra)
         return rec
 
     def as_input(self) -> InputRecord:
