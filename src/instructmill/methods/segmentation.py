@@ -42,7 +42,9 @@ PROTECTED_PATTERNS = {
     # code identifiers in prose: snake_case (also markdown-escaped "match\\_found"), camelCase, calls
     # ("isin()", "df.head()"), shell variables ("$count"): translated, they stop naming the code
     "identifier": r"\b[A-Za-z][A-Za-z0-9]*(?:\\?_[A-Za-z0-9]+)+\b|\b[a-z]+(?:[A-Z][a-z0-9]+)+\b"
-                  r"|\b[A-Za-z_][\w.]*\(\)|\$[A-Za-z_]\w*",
+                  r"|\b[A-Za-z_][\w.]*\(\)|\$[A-Za-z_]\w*"
+                  # a file extension or top-level domain named alone: ".edu", ".gov", ".py", ".json"
+                  r"|(?<![\w.])\.(?:com|org|net|edu|gov|io|ai|dev|co|uk|py|js|ts|json|yaml|yml|csv|txt|md|html|css)\b",
 }
 #: ... plus the spans of :data:`~instructmill.methods.structure.INLINE_PATTERNS` (HTML tags,
 #: hashtags, @mentions, ``C#``, short emphasis, emoji, inline JSON).

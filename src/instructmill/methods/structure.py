@@ -72,7 +72,7 @@ _CODE_LINE_RES = [re.compile(p) for p in (
     r"^(?:async\s+)?def\s+\w+\s*\(|^class\s+\w+.*[:{]$|^(?:async\s+)?function\b\s*\w*\s*\(",
     r"^(?:fn|func)\s+\w+|^#(?:include|define|ifn?def|endif|pragma)\b|^package\s+[\w.]+;?$",
     r"^import\s+[\w.*{][^\n]*(?:\sfrom\s|;$)|^import\s+[\w.]+(?:\s+as\s+\w+)?$|^from\s+[\w.]+\s+import\s",
-    r"^(?:using|namespace)\s+[\w.]+\s*[;{]?$|^(?:export\s+)?(?:const|let|var)\s+[\w$\[\]{}, ]+\s*=",
+    r"^(?:using|namespace)\s+[\w.]+\s*[;{]?$|^(?:export\s+)?(?:const|let|var|val)\s+[\w$\[\]{}, ]+\s*=",
     r"^(?:if|for|while|switch|catch)\s*\(|^(?:if|elif|while|for|with|except)\b.*:$|^(?:else|try|finally)\s*:$",
     # "continue" / "pass" alone are also what users type ("continue", "continue explain it"): code only with ";"
     r"^(?:return|yield|raise|throw)\b(?:\s+[^\s].*)?;?$|^(?:break|continue|pass)\s*;$",
