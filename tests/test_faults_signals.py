@@ -46,8 +46,10 @@ def _records(path: Path, n: int, text_bytes: int = 60) -> list[str]:
 def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The command in its own session (a terminal's Ctrl-C reaches its whole process group)."""
     out = open(cwd / "console.out", "w")
+    # a terminal's command starts with default handlers, whatever this test process ignores
     return subprocess.Popen([sys.executable, "-m", "instructmill", *args], cwd=cwd, env=env or _env(),
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -89,7 +89,7 @@ def test_template_backtranslate_filter_dedup_to_two_sinks(tmp_path):
     sink = report["sinks"]["data"]
     assert (sink["total_ok"], sink["total_discards"]) == (3, 4)
     assert sink["discards_by_status"] == {"blacklisted": 1, "duplicate": 1, "template_error": 1, "unchanged": 1}
-    assert report["sources"]["rows"] == {"path": "rows.jsonl", "records": 7, "read_errors": 1,
+    assert report["sources"]["rows"] == {"path": "rows.jsonl", "records": 7, "read_errors": 1, "duplicate_ids": 0,
                                          "errors_file": str(tmp_path / "out/data.pipeline/errors-rows.jsonl")}
     engine = report["engines"]["mt"]
     assert set(engine["directions"]) == {"mt:en-xx", "mt:xx-en"}

@@ -71,4 +71,7 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
+    from . import interrupts
+
+    interrupts.PROCESS_IS_COMMAND = True  # a signal ends this process: its handlers need no restoring
     cli(prog_name="instructmill")

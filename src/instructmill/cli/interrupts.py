@@ -91,6 +91,10 @@ class _Guard:
 
 
 _current: _Guard | None = None
+#: True when this process is the ``instructmill`` command itself (set by ``cli.main``): only then is
+#: a signal's ending the end of the process. Called in-process (click's CliRunner, a script calling
+#: the command), the caller's handlers are put back as they were, never left ignored.
+PROCESS_IS_COMMAND = False
 
 
 def watch_output(path: str | os.PathLike[str] | None) -> str | None:
@@ -405,7 +409,8 @@ def command_guard(verbose: bool = False) -> Iterator[_Guard]:
             # After a signal the process is on its way out: ignore more of them, or one arriving during
             # the interpreter's shutdown (which resets Python's handlers) would kill it by the signal
             # instead of the exit code. The watchdog still ends a shutdown that hangs.
-            signal.signal(signum, signal.SIG_IGN if guard.signum is not None else old)
+            ending = guard.signum is not None and PROCESS_IS_COMMAND and previous_guard is None
+            signal.signal(signum, signal.SIG_IGN if ending else old)
         _current = previous_guard
 
 
